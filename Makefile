@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs
+# into .venv (torch pinned by constraints.txt) and then runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test test-fast install install-dev lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(PY) pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/paranorm demo
+
+test: install-dev
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
+
+test-fast: install-dev
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+
+lint: install-dev
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy src
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .hypothesis src/*.egg-info

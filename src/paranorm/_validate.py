@@ -1,0 +1,88 @@
+"""Checks run before a normalization touches a module, so a failure leaves it as it was."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.parameter import UninitializedParameter
+from torch.nn.utils.parametrize import type_before_parametrizations
+
+from ._base import find_normalization
+from .errors import AlreadyNormalizedError, ParanormError
+
+
+def label(module: nn.Module, name: str) -> str:
+    """``Conv1d.weight``: how messages name a module's tensor."""
+    return f"{type_before_parametrizations(module).__name__}.{name}"
+
+
+def _tensor_names(module: nn.Module) -> list[str]:
+    names = [n for n, _ in module.named_parameters(recurse=False)]
+    names += [n for n, _ in module.named_buffers(recurse=False)]
+    if hasattr(module, "parametrizations"):
+        names += list(module.parametrizations)  # type: ignore[union-attr]
+    names = [n for n in names if n != "parametrizations"]
+    return sorted(set(names))
+
+
+def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
+    """Return ``module.<name>`` after checking that ``norm`` can be applied to it.
+
+    Raises:
+        ParanormError: not an nn.Module, no such tensor, not floating point, not initialized.
+        AlreadyNormalizedError: the tensor already carries a weight or spectral norm.
+    """
+    if not isinstance(module, nn.Module):
+        raise ParanormError(
+            f"{norm}: expected an nn.Module, got {type(module).__name__}. "
+            f"Pass the layer itself, e.g. {norm}(nn.Linear(4, 4))."
+        )
+    where = label(module, name)
+    tensor = getattr(module, name, None) if isinstance(name, str) else None
+    if not isinstance(tensor, torch.Tensor):
+        found = ", ".join(_tensor_names(module)) or "none"
+        raise ParanormError(
+            f"{norm}: {type_before_parametrizations(module).__name__} has no parameter or buffer "
+            f"named {name!r} (found: {found}). Pass name= one of those."
+        )
+    if isinstance(tensor, UninitializedParameter):
+        raise ParanormError(
+            f"{norm}: {where} is a lazy, uninitialized parameter. Run one forward pass "
+            "(or module.initialize_parameters(...)) first, then normalize."
+        )
+    if not tensor.is_floating_point():
+        raise ParanormError(
+            f"{norm}: {where} has dtype {tensor.dtype}; only floating-point tensors can be "
+            "normalized. Convert the module first, e.g. module.float()."
+        )
+    found_norm = find_normalization(module, name)
+    if found_norm is not None:
+        raise AlreadyNormalizedError(
+            f"{norm}: {where} already has a {found_norm.kind} ({found_norm.implementation}); "
+            f"normalizing one tensor twice is almost always a mistake. Remove it first with "
+            f"paranorm.remove(module, {name!r}), then apply {norm}."
+        )
+    return tensor
+
+
+def check_dim(module: nn.Module, name: str, norm: str, dim: int, ndim: int) -> int:
+    """Return ``dim`` as a non-negative axis of an ``ndim``-D tensor, or raise."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise ParanormError(
+            f"{norm}: dim must be an int or None, got {dim!r} for {label(module, name)}."
+        )
+    if not -ndim <= dim < ndim:
+        raise ParanormError(
+            f"{norm}: dim={dim} is out of range for {label(module, name)}, which has {ndim} "
+            f"dimension(s); expected a dim in [{-ndim}, {ndim - 1}]."
+        )
+    return dim % ndim
+
+
+def check_eps(module: nn.Module, name: str, norm: str, eps: float) -> float:
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        raise ParanormError(
+            f"{norm}: eps must be a non-negative number, got eps={eps!r} for "
+            f"{label(module, name)}. Use e.g. eps=1e-12."
+        )
+    return float(eps)
