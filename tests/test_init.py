@@ -69,7 +69,7 @@ def test_deep_chain_is_standardized_per_unit():
         assert abs(s.mean_after - float(mean.mean())) < TOL
         assert abs(s.std_after - float(std.mean())) < TOL
     # It changed something: before the init the first conv's outputs were not standardized.
-    mean0, std0 = _per_unit(before["0"], 1)
+    _, std0 = _per_unit(before["0"], 1)
     assert (std0 - 1).abs().max() > 0.1
 
 

@@ -26,7 +26,7 @@ from torch.nn.utils.weight_norm import WeightNorm as TorchLegacyWeightNorm
 from ._base import find_normalization, float32_or_wider, legacy_hook
 from .errors import ParanormError
 
-__all__ = ["data_dependent_init", "InitSummary"]
+__all__ = ["InitSummary", "data_dependent_init"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -95,7 +95,9 @@ def _find_targets(model: nn.Module) -> list[_Target]:
         if found.implementation == "torch-legacy":
             hook = legacy_hook(module, "weight")
             assert isinstance(hook, TorchLegacyWeightNorm)
-            g, dim, legacy = module.weight_g, hook.dim, hook
+            g: torch.Tensor
+            dim: int | None
+            g, dim, legacy = module.weight_g, hook.dim, hook  # type: ignore[assignment]
         else:
             if len(module.parametrizations["weight"]) != 1:  # type: ignore[union-attr,index]
                 raise ParanormError(
@@ -104,9 +106,9 @@ def _find_targets(model: nn.Module) -> list[_Target]:
                     "before adding the others."
                 )
             original = module.parametrizations["weight"]  # type: ignore[union-attr,index]
-            g, legacy = original.original0, None
+            g, legacy = original.original0, None  # type: ignore[union-attr]
             dim = getattr(found.parametrization, "dim", None)
-        dim = None if dim in (None, -1) else dim
+        dim = None if dim in (None, -1) else dim  # type: ignore[assignment]
         want = _unit_dim(module)
         if dim != want:
             raise ParanormError(
@@ -143,7 +145,8 @@ def _unit_axis(target: _Target, output: torch.Tensor) -> int:
     """Axis of the layer's output that indexes units: last for Linear, channels for convs."""
     if isinstance(target.module, nn.Linear):
         return output.ndim - 1
-    spatial = target.module.weight.ndim - 2
+    weight: torch.Tensor = target.module.weight  # type: ignore[assignment]
+    spatial = weight.ndim - 2
     return output.ndim - spatial - 1  # 1 when batched, 0 for an unbatched input
 
 
@@ -157,7 +160,7 @@ def _unit_stats(output: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Te
 def _refresh(target: _Target) -> None:
     """Torch's legacy hook stores the weight as a plain attribute: recompute it after g changes."""
     if target.legacy is not None:
-        setattr(target.module, "weight", target.legacy.compute_weight(target.module))
+        target.module.weight = target.legacy.compute_weight(target.module)
 
 
 def _call_args(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
