@@ -1,0 +1,323 @@
+"""Normalized layers with EnCodec/audiocraft's layout: NormConv1d ... NormConvTranspose3d, NormLinear.
+
+Défossez et al., "High Fidelity Neural Audio Compression" (EnCodec), 2022,
+https://arxiv.org/abs/2210.13438, ``encodec/modules/conv.py``. Each layer holds the torch layer
+as ``self.conv`` (``self.convtr`` for the transposed ones, ``self.linear`` for NormLinear) and a
+``self.norm`` module, so checkpoint keys are EnCodec's (``conv.weight_g``/``conv.weight_v`` from
+torch's legacy weight norm load, as do ``conv.weight_orig``/``weight_u``/``weight_v`` from its
+legacy spectral norm). Differences from EnCodec, all on purpose:
+
+- ``norm_kwargs`` reach the parametrization (EnCodec drops them), through
+  :func:`paranorm.apply_parametrization_norm`, so a norm added with :func:`paranorm.register_norm`
+  works here too;
+- ``layer_norm`` normalizes over the channels at each position (EnCodec 0.1.1's ConvLayerNorm
+  returns None);
+- ``time_layer_norm`` is an error (EnCodec accepts it and silently does nothing);
+- bad input raises :class:`paranorm.ParanormError` instead of an ``assert``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Set
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .apply import PARAMETRIZATION_NORMS, apply_parametrization_norm
+from .errors import ParanormError
+
+__all__ = [
+    "CONV_NORMALIZATIONS",
+    "MODULE_NORMS",
+    "ConvLayerNorm",
+    "NormConv1d",
+    "NormConv2d",
+    "NormConv3d",
+    "NormConvTranspose1d",
+    "NormConvTranspose2d",
+    "NormConvTranspose3d",
+    "NormLinear",
+    "get_norm_module",
+]
+
+#: Norms that are a module applied after the layer (``self.norm``), not a parametrization.
+MODULE_NORMS = frozenset({"layer_norm", "time_group_norm"})
+
+_TIME_LAYER_NORM = (
+    "'time_layer_norm' is not supported: EnCodec lists it but its apply_parametrization_norm "
+    "and get_norm_module do nothing for it, so an EnCodec layer built with it is unnormalized. "
+    "Use norm='none' to get what EnCodec actually ran, or norm='layer_norm' for a LayerNorm "
+    "over the channels at each time step."
+)
+
+
+class _ConvNormalizations(Set[str]):
+    """EnCodec's ``CONV_NORMALIZATIONS``, kept live: the registered parametrization norms
+    (:data:`paranorm.apply.PARAMETRIZATION_NORMS`, including those added by
+    :func:`paranorm.register_norm`) plus :data:`MODULE_NORMS`."""
+
+    def _names(self) -> list[str]:
+        return [*PARAMETRIZATION_NORMS, *sorted(MODULE_NORMS)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in PARAMETRIZATION_NORMS or name in MODULE_NORMS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"CONV_NORMALIZATIONS({{{', '.join(map(repr, self._names()))}}})"
+
+
+#: Every name the Norm layers accept for ``norm=``; ``"x" in CONV_NORMALIZATIONS`` works as in EnCodec.
+CONV_NORMALIZATIONS: Set[str] = _ConvNormalizations()
+
+
+def _check_norm_name(norm: object, where: str) -> str:
+    if norm == "time_layer_norm":
+        raise ParanormError(f"{where}: {_TIME_LAYER_NORM}")
+    if not isinstance(norm, str) or norm not in CONV_NORMALIZATIONS:
+        raise ParanormError(
+            f"{where}: unknown norm {norm!r}; expected one of "
+            f"{', '.join(repr(n) for n in CONV_NORMALIZATIONS)}. Add a parametrization norm of "
+            "your own with paranorm.register_norm(name, fn)."
+        )
+    return norm
+
+
+class ConvLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channel axis of a ``(B, C, *spatial)`` tensor, at each position.
+
+    y[b, :, s] = (x[b, :, s] - mean) / sqrt(var + eps) * weight + bias, the statistics taken over
+    the C channels only (Ba et al., "Layer Normalization", 2016, https://arxiv.org/abs/1607.06450).
+    The channels are moved last, normalized by :class:`torch.nn.LayerNorm`, and moved back: what
+    EnCodec's ConvLayerNorm meant to do (its 0.1.1 forward returns None). Keys ``weight``/``bias``.
+
+    Example:
+        >>> import torch
+        >>> from paranorm.nn import ConvLayerNorm
+        >>> y = ConvLayerNorm(4)(torch.randn(2, 4, 7))
+        >>> y.shape, bool(y.mean(dim=1).abs().max() < 1e-5)
+        (torch.Size([2, 4, 7]), True)
+    """
+
+    def __init__(self, normalized_shape: int | list[int] | tuple[int, ...] | torch.Size, **kwargs: Any) -> None:
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if len(shape) != 1:
+            raise ParanormError(
+                f"ConvLayerNorm: normalized_shape must be the number of channels (one int), got "
+                f"{normalized_shape!r}; it normalizes over the channel axis at each position."
+            )
+        super().__init__(shape, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 2:
+            raise ParanormError(
+                f"ConvLayerNorm: expected an input of shape (B, C, *spatial), got shape "
+                f"{tuple(x.shape)}. Add the batch axis, e.g. x.unsqueeze(0)."
+            )
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _channels(module: nn.Module, norm: str) -> int:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
+    if isinstance(module, nn.Linear) and norm == "layer_norm":
+        return module.out_features
+    raise ParanormError(
+        f"get_norm_module: norm={norm!r} needs a convolution"
+        + (" or an nn.Linear" if norm == "layer_norm" else " (it normalizes over time per sample)")
+        + f", got {type(module).__name__}. Use a parametrization norm (weight_norm, "
+        "spectral_norm) or 'none'" + ("." if norm == "layer_norm" else ", or 'layer_norm'.")
+    )
+
+
+def _build(cls: Any, norm: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> nn.Module:
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as error:
+        raise ParanormError(
+            f"get_norm_module: bad norm_kwargs {dict(kwargs)!r} for norm={norm!r} "
+            f"({cls.__name__}): {error}"
+        ) from None
+
+
+def get_norm_module(module: nn.Module, causal: bool = False, norm: str = "none", **norm_kwargs: Any) -> nn.Module:
+    """The module applied after ``module`` for ``norm``: EnCodec's ``get_norm_module``.
+
+    'layer_norm' gives :class:`ConvLayerNorm` over ``out_channels`` (a plain
+    :class:`torch.nn.LayerNorm` over ``out_features`` for an nn.Linear); 'time_group_norm' gives
+    ``GroupNorm(1, out_channels)`` (statistics over channels and time, per sample), which needs
+    the whole sequence and so cannot be causal; every other norm gives :class:`torch.nn.Identity`
+    (parametrization norms live on the layer's weight). ``norm_kwargs`` reach the norm module.
+
+    Raises:
+        ParanormError: unknown or unsupported norm name, causal time_group_norm, a module the
+            norm does not fit, bad norm_kwargs.
+
+    Example:
+        >>> import torch
+        >>> from paranorm.nn import get_norm_module
+        >>> gn = get_norm_module(torch.nn.Conv1d(2, 6, 3), norm="time_group_norm")
+        >>> type(gn).__name__, gn.num_groups, gn.num_channels
+        ('GroupNorm', 1, 6)
+    """
+    norm = _check_norm_name(norm, "get_norm_module")
+    if norm == "layer_norm":
+        channels = _channels(module, norm)
+        cls = nn.LayerNorm if isinstance(module, nn.Linear) else ConvLayerNorm
+        return _build(cls, norm, (channels,), norm_kwargs)
+    if norm == "time_group_norm":
+        if causal:
+            raise ParanormError(
+                "get_norm_module: norm='time_group_norm' cannot be causal: GroupNorm's statistics "
+                "span the whole sequence, so each output would see the future. Use causal=False, "
+                "or norm='layer_norm' (per time step) for a causal layer."
+            )
+        return _build(nn.GroupNorm, norm, (1, _channels(module, norm)), norm_kwargs)
+    return nn.Identity()
+
+
+class _NormLayer(nn.Module):
+    """A torch layer (normalized as ``norm`` says) followed by ``self.norm``."""
+
+    _layer_cls: ClassVar[type[nn.Module]]
+    _attr: ClassVar[str]
+
+    def __init__(
+        self,
+        *args: Any,
+        causal: bool = False,
+        norm: str = "none",
+        norm_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        where = type(self).__name__
+        norm = _check_norm_name(norm, where)
+        if norm_kwargs is None:
+            norm_kwargs = {}
+        if not isinstance(norm_kwargs, Mapping):
+            raise ParanormError(
+                f"{where}: norm_kwargs must be a dict or None, got {type(norm_kwargs).__name__}. "
+                "Pass e.g. norm_kwargs={'dim': None}."
+            )
+        layer = self._layer_cls(*args, **kwargs)
+        if norm in MODULE_NORMS:
+            # The norm module is built on the layer's device and dtype unless told otherwise.
+            factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+            norm_module = get_norm_module(layer, causal, norm, **{**factory, **norm_kwargs})
+        else:
+            fn = PARAMETRIZATION_NORMS[norm]
+            try:
+                inspect.signature(fn).bind(layer, **norm_kwargs)
+            except TypeError as error:
+                raise ParanormError(
+                    f"{where}: bad norm_kwargs {dict(norm_kwargs)!r} for norm={norm!r}: {error}. "
+                    f"Pass only the keywords of the {norm} function."
+                ) from None
+            except ValueError:  # a callable without an introspectable signature: let it check
+                pass
+            layer = apply_parametrization_norm(layer, norm, **norm_kwargs)
+            norm_module = get_norm_module(layer, causal, norm)
+        setattr(self, self._attr, layer)
+        self.norm = norm_module
+        self.norm_type = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self._modules[self._attr](x))
+
+
+class NormConv1d(_NormLayer):
+    """``nn.Conv1d(*args, **kwargs)`` as ``self.conv``, normalized by ``norm``, then ``self.norm``.
+
+    Args:
+        *args, **kwargs: nn.Conv1d's.
+        causal: only checked against 'time_group_norm', which cannot be causal.
+        norm: 'none', 'weight_norm', 'spectral_norm', a registered norm, 'layer_norm' or
+            'time_group_norm'.
+        norm_kwargs: keywords of the norm, e.g. ``{"dim": None}`` for weight_norm.
+
+    Raises:
+        ParanormError: unknown norm, 'time_layer_norm', causal time_group_norm, bad norm_kwargs.
+
+    Example:
+        >>> import torch
+        >>> from paranorm.nn import NormConv1d
+        >>> layer = NormConv1d(2, 4, 3, norm="weight_norm")
+        >>> sorted(layer.state_dict())
+        ['conv.bias', 'conv.parametrizations.weight.original0', 'conv.parametrizations.weight.original1']
+        >>> layer(torch.randn(1, 2, 10)).shape
+        torch.Size([1, 4, 8])
+    """
+
+    _layer_cls = nn.Conv1d
+    _attr = "conv"
+    conv: nn.Conv1d
+
+
+class NormConv2d(_NormLayer):
+    """:class:`NormConv1d` with ``nn.Conv2d`` as ``self.conv``."""
+
+    _layer_cls = nn.Conv2d
+    _attr = "conv"
+    conv: nn.Conv2d
+
+
+class NormConv3d(_NormLayer):
+    """:class:`NormConv1d` with ``nn.Conv3d`` as ``self.conv``."""
+
+    _layer_cls = nn.Conv3d
+    _attr = "conv"
+    conv: nn.Conv3d
+
+
+class NormConvTranspose1d(_NormLayer):
+    """:class:`NormConv1d` with ``nn.ConvTranspose1d`` as ``self.convtr``.
+
+    spectral_norm takes dim=1 (the output channels) for it by default, as torch does.
+    """
+
+    _layer_cls = nn.ConvTranspose1d
+    _attr = "convtr"
+    convtr: nn.ConvTranspose1d
+
+
+class NormConvTranspose2d(_NormLayer):
+    """:class:`NormConvTranspose1d` with ``nn.ConvTranspose2d`` as ``self.convtr``."""
+
+    _layer_cls = nn.ConvTranspose2d
+    _attr = "convtr"
+    convtr: nn.ConvTranspose2d
+
+
+class NormConvTranspose3d(_NormLayer):
+    """:class:`NormConvTranspose1d` with ``nn.ConvTranspose3d`` as ``self.convtr``."""
+
+    _layer_cls = nn.ConvTranspose3d
+    _attr = "convtr"
+    convtr: nn.ConvTranspose3d
+
+
+class NormLinear(_NormLayer):
+    """``nn.Linear(*args, **kwargs)`` as ``self.linear``, normalized by ``norm``, then ``self.norm``.
+
+    'layer_norm' is a plain LayerNorm over the output features (the last axis);
+    'time_group_norm' is refused (a Linear has no channel-then-time layout).
+
+    Example:
+        >>> import torch
+        >>> from paranorm.nn import NormLinear
+        >>> layer = NormLinear(3, 5, norm="spectral_norm", norm_kwargs={"n_power_iterations": 50})
+        >>> round(torch.linalg.matrix_norm(layer.linear.weight.detach(), ord=2).item(), 4)
+        1.0
+    """
+
+    _layer_cls = nn.Linear
+    _attr = "linear"
+    linear: nn.Linear
