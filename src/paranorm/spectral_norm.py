@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._base import Normalization, float32_or_wider
+from ._load_hooks import spectral_norm_keys_hook as _legacy_keys_hook
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 from .estimators import power_iteration_, reshape_sigma, weight_to_matrix
@@ -140,24 +141,6 @@ def _default_dim(module: nn.Module) -> int:
     return 1 if isinstance(module, transposed) else 0
 
 
-def _legacy_keys_hook(name: str) -> Any:
-    """A load_state_dict pre-hook renaming legacy ``<name>_orig``/``_u``/``_v`` keys."""
-
-    def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        orig_key = f"{prefix}{name}_orig"
-        # A legacy weight-norm checkpoint also has <name>_v, but never <name>_orig.
-        if orig_key not in state_dict:
-            return
-        new = f"{prefix}parametrizations.{name}"
-        state_dict[f"{new}.original"] = state_dict.pop(orig_key)
-        for suffix in ("u", "v"):
-            key = f"{prefix}{name}_{suffix}"
-            if key in state_dict:
-                state_dict[f"{new}.0._{suffix}"] = state_dict.pop(key)
-
-    return hook
-
-
 def spectral_norm(
     module: nn.Module,
     name: str = "weight",
@@ -229,5 +212,7 @@ def spectral_norm(
     except TypeError as error:
         raise ParanormError(f"spectral_norm: bad options for method={method!r} on {where}: {error}") from None
     parametrize.register_parametrization(module, name, parametrization)
-    parametrization._load_hook = module._register_load_state_dict_pre_hook(_legacy_keys_hook(name))
+    parametrization._load_hook = module._register_load_state_dict_pre_hook(
+        _legacy_keys_hook(name), with_module=True
+    )
     return module

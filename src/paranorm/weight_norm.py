@@ -8,13 +8,12 @@ numbers (torch's fused ``_weight_norm`` kernel) and state_dict keys
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ._base import Normalization, float32_or_wider
+from ._load_hooks import weight_norm_keys_hook as _legacy_keys_hook
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 
@@ -57,20 +56,6 @@ class WeightNorm(Normalization):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}" + (f", eps={self.eps}" if self.eps else "")
-
-
-def _legacy_keys_hook(name: str) -> Any:
-    """A load_state_dict pre-hook renaming legacy ``<name>_g``/``<name>_v`` keys (torch's hook API)."""
-
-    def hook(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        g_key, v_key = f"{prefix}{name}_g", f"{prefix}{name}_v"
-        # Legacy spectral norm also writes <name>_v (its singular vector): only a g key says
-        # that this is weight norm.
-        if g_key in state_dict and v_key in state_dict:
-            state_dict[f"{prefix}parametrizations.{name}.original0"] = state_dict.pop(g_key)
-            state_dict[f"{prefix}parametrizations.{name}.original1"] = state_dict.pop(v_key)
-
-    return hook
 
 
 def weight_norm(
@@ -133,5 +118,7 @@ def weight_norm(
                 "to map zero slices to zero."
             )
     parametrize.register_parametrization(module, name, parametrization, unsafe=True)
-    parametrization._load_hook = module._register_load_state_dict_pre_hook(_legacy_keys_hook(name))
+    parametrization._load_hook = module._register_load_state_dict_pre_hook(
+        _legacy_keys_hook(name), with_module=True
+    )
     return module
