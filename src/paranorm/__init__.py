@@ -13,6 +13,8 @@ from .errors import NotNormalizedError as NotNormalizedError
 from .errors import ParanormError as ParanormError
 from .init import InitSummary as InitSummary
 from .init import data_dependent_init as data_dependent_init
+from .sigma import SigmaResult as SigmaResult
+from .sigma import sigma as sigma
 from .spectral_norm import spectral_norm as spectral_norm
 from .weight_norm import weight_norm as weight_norm
 
@@ -27,6 +29,8 @@ __all__ = [
     "apply_parametrization_norm",
     "data_dependent_init",
     "register_norm",
+    "sigma",
+    "SigmaResult",
     "spectral_norm",
     "weight_norm",
 ]
