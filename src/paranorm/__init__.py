@@ -11,8 +11,16 @@ from .errors import AlreadyNormalizedError as AlreadyNormalizedError
 from .errors import CheckpointError as CheckpointError
 from .errors import NotNormalizedError as NotNormalizedError
 from .errors import ParanormError as ParanormError
+from .fold import NormalizationInfo as NormalizationInfo
+from .fold import fold as fold
+from .fold import is_normalized as is_normalized
+from .fold import normalizations as normalizations
+from .fold import remove as remove
 from .init import InitSummary as InitSummary
 from .init import data_dependent_init as data_dependent_init
+from .report import LipschitzReport as LipschitzReport
+from .report import lipschitz_report as lipschitz_report
+from .report import state_dict_report as state_dict_report
 from .sigma import SigmaResult as SigmaResult
 from .sigma import sigma as sigma
 from .spectral_norm import spectral_norm as spectral_norm
@@ -25,12 +33,21 @@ __all__ = [
     "CheckpointError",
     "NotNormalizedError",
     "InitSummary",
+    "LipschitzReport",
     "ParanormError",
+    "NormalizationInfo",
     "apply_parametrization_norm",
+    "fold",
+    "is_normalized",
+    "nn",
+    "normalizations",
+    "remove",
     "data_dependent_init",
+    "lipschitz_report",
     "register_norm",
     "sigma",
     "SigmaResult",
     "spectral_norm",
+    "state_dict_report",
     "weight_norm",
 ]
