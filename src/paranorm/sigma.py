@@ -216,6 +216,78 @@ def _svd(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
     return SigmaResult(value.to(_work_dtype(layer.weight)), "exact", "svd", None)
 
 
+def start_vector(shape: Sequence[int], dtype: torch.dtype, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """A unit random vector of ``shape`` from a private generator (the global RNG is untouched)."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    return x / x.norm()
+
+
+def _power(layer: Layer, shape: tuple[int, ...] | None, iterations: int) -> SigmaResult:
+    if layer.geo.is_matrix:
+        shape = (layer.weight.shape[1],)
+    shape = _need_shape(layer, shape, "power")
+    weight = layer.weight.to(_work_dtype(layer.weight))
+    x = start_vector((1, *shape), weight.dtype, weight.device)
+    detached = weight.detach()
+    est.operator_power_iteration_(
+        lambda t: ops.apply(detached, layer.geo, t),
+        lambda t: ops.apply_adjoint(detached, layer.geo, t, shape),
+        x,
+        iterations,
+    )
+    value = est.operator_sigma(lambda t: ops.apply(weight, layer.geo, t), x)
+    return SigmaResult(value, "lower", "power", iterations)
+
+
+def fft_sizes(geo: ops.Geometry, shape: tuple[int, ...]) -> tuple[list[int], int, bool]:
+    """(grid, copies, exact): the circular grid whose sigma bounds the layer at ``shape``.
+
+    Circular padding of total d (k - 1): the layer is S o (circular conv on the input grid),
+    exact at stride 1. Zeros: a valid conv of the padded size Np = n + l + r is a submatrix of
+    the circular conv on Np points. Other paddings: ||P|| ||valid conv on Np||, ||P||^2 =
+    ``copies``. Transposed: the full transposed conv on the zero-upsampled input,
+    (n - 1) s + 1 + d (k - 1) points, of which the layer keeps a crop.
+    """
+    sizes = list(shape[1:])
+    if geo.transposed:
+        grid = [(n - 1) * s + geo.extent(a) for a, (n, s) in enumerate(zip(sizes, geo.stride))]
+        return grid, 1, False
+    if geo.padding_mode == "circular" and geo.pads_wrap_exactly:
+        return sizes, 1, all(s == 1 for s in geo.stride)
+    grid = [n + l + r for n, (l, r) in zip(sizes, geo.padding)]
+    return grid, ops.pad_copies(geo, shape), False
+
+
+def _fft(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
+    weight = layer.weight.to(_work_dtype(layer.weight))
+    if layer.geo.is_matrix:
+        # A matrix is a 1 x 1 convolution on one point: its one frequency matrix is W.
+        return SigmaResult(torch.linalg.matrix_norm(weight, ord=2), "exact", "fft", None)
+    shape = _need_shape(layer, shape, "fft")
+    grid, copies, exact = fft_sizes(layer.geo, shape)
+    mats = est.frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
+    value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies)
+    return SigmaResult(value, "exact" if exact else "upper", "fft", None)
+
+
+def _gram(layer: Layer, shape: tuple[int, ...] | None, iterations: int | None) -> SigmaResult:
+    weight = layer.weight.to(_work_dtype(layer.weight))
+    geo = layer.geo
+    if geo.is_matrix:
+        n = _iterations(iterations, GRAM_MATRIX_ITERATIONS)
+        return SigmaResult(est.gram_iteration(weight, n), "upper", "gram", n)
+    if shape is not None and not geo.transposed and geo.padding_mode == "circular" and geo.pads_wrap_exactly:
+        n = _iterations(iterations, GRAM_CIRCULAR_ITERATIONS)
+        mats = est.frequency_matrices(weight, shape[1:], geo.dilation, geo.groups)
+        return SigmaResult(est.gram_iteration(mats, n).amax(), "upper", "gram", n)
+    n = _iterations(iterations, GRAM_KERNEL_ITERATIONS)
+    circular_exact = geo.padding_mode == "circular" and geo.pads_wrap_exactly
+    copies = 1 if geo.transposed or circular_exact else ops.pad_copies(geo, shape)
+    value = est.kernel_gram_bound(weight, geo.groups, n) * math.sqrt(copies)
+    return SigmaResult(value, "upper", "gram", n)
+
+
 def sigma(
     module_or_weight: nn.Module | torch.Tensor,
     method: str = "power",
@@ -259,7 +331,11 @@ def sigma(
         return _reshape(layer, _iterations(iterations, RESHAPE_ITERATIONS))
     if method == "svd":
         return _svd(layer, shape)
-    raise ParanormError(f"sigma: method {method!r} is not available yet.")
+    if method == "power":
+        return _power(layer, shape, _iterations(iterations, POWER_ITERATIONS))
+    if method == "fft":
+        return _fft(layer, shape)
+    return _gram(layer, shape, iterations)
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
