@@ -82,6 +82,7 @@ _NORM_LAYERS = (
 )  # fmt: skip
 
 _KIND_STYLE = {"lower": "yellow", "exact": "cyan", "upper": "green"}
+_KIND_SIGN = {"lower": "≥", "exact": "=", "upper": "≤"}
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ class LipschitzReport:
         for title in ("layer", "type", "input", "normalization"):
             table.add_column(title, overflow="fold")
         for column in self.methods:
-            table.add_column(_COLUMN_TITLES[column], justify="right")
+            table.add_column(_COLUMN_TITLES[column], justify="right", no_wrap=True)
         for layer in self.layers:
             cells: list[Any] = [
                 layer.name,
@@ -199,12 +200,15 @@ class LipschitzReport:
                 estimate = layer.estimates.get(column)
                 if estimate is None or estimate.value is None:
                     cells.append(Text("n/a", style="dim"))
-                else:
-                    cells.append(
-                        Text(f"{estimate.value:.4g} ", style="bold")
-                        + Text(f"{estimate.kind}", style=_KIND_STYLE.get(estimate.kind or "", ""))
-                        + Text(f" {estimate.method}" if column == "bound" else "", style="dim")
-                    )
+                    continue
+                cell = Text(
+                    _KIND_SIGN.get(estimate.kind or "", "?"),
+                    style=_KIND_STYLE.get(estimate.kind or "", ""),
+                )
+                cell += Text(f"{estimate.value:.4g}", style="bold")
+                if column == "bound":
+                    cell += Text(f" {estimate.method}", style="dim")
+                cells.append(cell)
             table.add_row(*cells)
         return table
 
@@ -213,26 +217,30 @@ class LipschitzReport:
 
         yield self.table()
         yield Text(
-            "kinds: lower = a lower estimate of that sigma; exact; upper = a certified upper bound. "
-            "reshape σ is the reshaped kernel's (Miyato 2018): for a conv it is not the layer's "
-            "Lipschitz constant.",
+            "≥x: a lower estimate (sigma is at least x); =x: exact; ≤x: a certified upper bound. "
+            "reshape σ is the reshaped kernel's (Miyato 2018, what torch's spectral_norm divides "
+            "by): for a conv it is not the layer's Lipschitz constant.",
             style="dim",
         )
         if self.network.holds:
             yield Text.assemble(
                 ("network Lipschitz bound: ", "bold"),
-                (f"{self.network.value:.6g}", "bold green"),
+                (f"≤{self.network.value:.6g}", "bold green"),
                 f"  ({self.network.statement})",
             )
         else:
             yield Text.assemble(("no network bound: ", "bold yellow"), self.network.statement)
-        missing = [
-            f"{layer.name}, {column}: {e.error}"
-            for layer in self.layers
-            for column, e in layer.estimates.items()
-            if e.error
+        missing: dict[tuple[str, str], list[str]] = {}
+        for layer in self.layers:
+            for column, e in layer.estimates.items():
+                if e.error:
+                    missing.setdefault((column, e.error), []).append(layer.name)
+        lines = [*self.notes]
+        lines += [
+            f"{column} n/a for {', '.join(names)}: {error}"
+            for (column, error), names in missing.items()
         ]
-        for line in (*self.notes, *missing):
+        for line in lines:
             yield Text(f"note: {line}", style="dim")
 
     def render(self, width: int = 140) -> str:
@@ -254,6 +262,7 @@ class LipschitzReport:
         """
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import ScalarFormatter
 
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
@@ -279,10 +288,18 @@ class LipschitzReport:
                 if estimate is not None and estimate.value is not None and estimate.value > 0:
                     xs.append(i + (j - (n_columns - 1) / 2) * width)
                     heights.append(estimate.value)
-            axes.bar(xs, heights, width=width, label=_COLUMN_TITLES[column])
+            bars = axes.bar(xs, heights, width=width, label=_COLUMN_TITLES[column])
+            axes.bar_label(bars, fmt="%.3g", fontsize=7)
         axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(ScalarFormatter())
+        axes.yaxis.set_minor_formatter(ScalarFormatter())
+        axes.tick_params(axis="y", which="minor", labelsize=7)
         axes.set_xticks(
-            range(len(self.layers)), [layer.name for layer in self.layers], rotation=30, ha="right"
+            range(len(self.layers)),
+            [f"{layer.name}\n{layer.type}" for layer in self.layers],
+            rotation=30,
+            ha="right",
+            fontsize=8,
         )
         axes.set_ylabel("σ (log scale)")
         axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import ParanormError
 
-COMMANDS = ("demo",)
+COMMANDS = ("demo", "inspect")
 
 
 def build_parser() -> argparse.ArgumentParser:

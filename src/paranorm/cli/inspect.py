@@ -1,0 +1,315 @@
+"""``paranorm inspect``: per-layer spectral norms of a checkpoint or a model, and what they guarantee.
+
+A model (``package.module:factory`` or ``path/to/file.py:factory``) is run once on a random input
+of ``--input-shape`` to learn what each layer sees; see :func:`paranorm.lipschitz_report`. A
+state_dict file alone gives what its tensors can: :func:`paranorm.state_dict_report`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import pickle
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ParanormError
+from ..report import DEFAULT_METHODS, LipschitzReport, lipschitz_report, state_dict_report
+
+#: Suffixes read with torch.load(weights_only=True).
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+#: Keys under which training scripts nest the state_dict.
+NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``inspect`` sub-command to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "inspect",
+        help="per-layer sigma (reshaped, true operator, certified bound) of a checkpoint or model",
+        description=(
+            "For each layer with a weight: its normalization, the reshaped-kernel sigma torch "
+            "divides by, the true operator's sigma at the input shape the layer sees (power "
+            "iteration: a lower estimate) and a certified upper bound (gram, or fft where exact); "
+            "for an nn.Sequential chain with 1-Lipschitz activations, the network's Lipschitz "
+            "bound. A state_dict file alone gives what its tensors can, and says what it cannot."
+        ),
+    )
+    parser.add_argument(
+        "target",
+        metavar="CHECKPOINT_OR_MODEL",
+        help=(
+            "a state_dict file (.pt, .pth, .bin, .ckpt; .safetensors with safetensors installed), "
+            "or a model: 'package.module:factory' or 'path/to/file.py:factory', where factory is "
+            "an nn.Module or a function of no arguments returning one"
+        ),
+    )
+    parser.add_argument(
+        "--input-shape",
+        metavar="C,H,W",
+        nargs="+",
+        help="one sample's shape without the batch, e.g. 3,32,32 (one per model input); needed with a model",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="CHECKPOINT",
+        help="with a model: load this state_dict file into it first (strict)",
+    )
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=(
+            "comma-separated columns among reshape, power, gram, fft, svd, bound "
+            f"(default {','.join(DEFAULT_METHODS)}; bound = fft where exact, else gram)"
+        ),
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the report as JSON instead of a table"
+    )
+    parser.add_argument(
+        "--plot", metavar="PATH", help="write a bar chart of the sigmas per layer (PNG, log scale)"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' -> (3, 32, 32); every entry a positive int."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise ParanormError(
+            f"--input-shape {text!r} is not a shape: expected positive ints separated by commas, "
+            "one sample without the batch, e.g. --input-shape 3,32,32."
+        )
+    return shape
+
+
+def load_state_dict(path: str) -> dict[str, Any]:
+    """Read a state_dict from a .pt/.pth/.bin/.ckpt (weights only) or .safetensors file.
+
+    A checkpoint that nests it as {"state_dict": ...}, {"model": ...} or {"model_state_dict": ...}
+    is accepted.
+    """
+    if not os.path.exists(path):
+        raise ParanormError(
+            f"no such file: {path!r}. Pass a state_dict file or a model as module:factory."
+        )
+    if os.path.isdir(path):
+        raise ParanormError(f"{path!r} is a folder; pass the checkpoint file inside it.")
+    suffix = os.path.splitext(path)[1].lower()
+    obj: Any
+    if suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ParanormError(
+                f"reading {path!r} needs the safetensors package: pip install safetensors."
+            ) from None
+        try:
+            obj = load_file(path, device="cpu")
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
+            raise ParanormError(
+                f"{path!r} is not a readable .safetensors file: {_first_line(error)}."
+            ) from None
+    elif suffix in TORCH_SUFFIXES:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (
+            pickle.UnpicklingError,
+            RuntimeError,
+            EOFError,
+            ValueError,
+            AttributeError,
+        ) as error:
+            raise ParanormError(
+                f"{path!r} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
+                "Save a state_dict (torch.save(model.state_dict(), path)); pickled modules are refused."
+            ) from None
+    else:
+        raise ParanormError(
+            f"{path!r}: unknown checkpoint suffix {suffix or '(none)'!r}; expected "
+            f"{', '.join(TORCH_SUFFIXES)} or .safetensors."
+        )
+    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in NESTED_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ParanormError(
+            f"{path!r} holds no state_dict: expected a mapping of names to tensors (or one nested "
+            f"under {', '.join(repr(k) for k in NESTED_KEYS)}), found {type(obj).__name__}."
+        )
+    return dict(obj)
+
+
+def load_model(spec: str) -> nn.Module:
+    """The model that ``package.module:attr`` or ``path/to/file.py:attr`` names (calling a factory)."""
+    source, _, attr = spec.rpartition(":")
+    if not source or not attr:
+        raise ParanormError(
+            f"{spec!r} is not a model spec: write package.module:factory or file.py:factory."
+        )
+    if source.endswith(".py"):
+        if not os.path.isfile(source):
+            raise ParanormError(f"no such file: {source!r} (from {spec!r}).")
+        name = "_paranorm_inspect_" + os.path.splitext(os.path.basename(source))[0]
+        module_spec = importlib.util.spec_from_file_location(name, source)
+        if module_spec is None or module_spec.loader is None:
+            raise ParanormError(f"cannot load {source!r} as Python.")
+        module = importlib.util.module_from_spec(module_spec)
+        loader = module_spec.loader
+        what = source
+    else:
+        module = None
+        what = source
+    # The user's code may fail in any way; one line names what failed instead of a traceback.
+    cwd_added = os.getcwd() not in sys.path
+    if cwd_added:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would, so ./mypkg imports
+    try:
+        if module is None:
+            module = importlib.import_module(source)
+        else:
+            loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 - the user's module may raise anything
+        raise ParanormError(
+            f"importing {what!r} failed: {type(error).__name__}: {_first_line(error)}."
+        ) from None
+    finally:
+        if cwd_added:
+            sys.path.remove(os.getcwd())
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ParanormError(
+                f"{what!r} has no attribute {attr!r}; name the model or its factory after ':'."
+            )
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Module):
+        return obj
+    if not callable(obj):
+        raise ParanormError(
+            f"{spec!r} is a {type(obj).__name__}; expected an nn.Module or a factory returning one."
+        )
+    try:
+        model = obj()
+    except Exception as error:  # noqa: BLE001 - the user's factory may raise anything
+        raise ParanormError(
+            f"calling {attr}() from {what!r} failed: {type(error).__name__}: {_first_line(error)}. "
+            "The factory must take no arguments."
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise ParanormError(
+            f"{attr}() from {what!r} returned a {type(model).__name__}, not an nn.Module."
+        )
+    return model
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_model_spec(target: str) -> bool:
+    return ":" in target and not os.path.exists(target)
+
+
+def build_report(
+    args: argparse.Namespace, on_layer: Any = None
+) -> tuple[LipschitzReport, list[str]]:
+    """The report ``args`` asks for, and notes on how it was made."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    shapes = [parse_shape(text) for text in args.input_shape or []]
+    notes: list[str] = []
+    if not _is_model_spec(args.target):
+        if args.weights:
+            raise ParanormError(
+                "--weights loads a checkpoint into a model; pass the model as module:factory."
+            )
+        state_dict = load_state_dict(args.target)
+        if shapes:
+            notes.append(
+                "--input-shape is not used for a state_dict: it stores no stride, padding, dilation "
+                "or groups, so the operator at that shape is unknown; pass the model to use it"
+            )
+        report = state_dict_report(
+            state_dict, source=os.path.basename(args.target), methods=methods, on_layer=on_layer
+        )
+        return report, notes
+    if not shapes:
+        raise ParanormError(
+            f"a model needs --input-shape to run (one sample's shape without the batch), e.g. "
+            f"paranorm inspect {args.target} --input-shape 3,32,32."
+        )
+    model = load_model(args.target)
+    if args.weights:
+        state_dict = load_state_dict(args.weights)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as error:
+            raise ParanormError(
+                f"loading {args.weights!r} into the model failed: {_first_line(error)}"
+            ) from None
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = torch.get_default_dtype() if reference is None else reference.dtype
+    device = None if reference is None else reference.device
+    generator = torch.Generator().manual_seed(0)
+    inputs = [
+        torch.randn(1, *shape, generator=generator, dtype=dtype).to(device) for shape in shapes
+    ]
+    report = lipschitz_report(
+        model, inputs[0] if len(inputs) == 1 else tuple(inputs), methods=methods, on_layer=on_layer
+    )
+    return report, notes
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``paranorm inspect`` as ``args`` says; return the exit code."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=args.json or not err.is_terminal,
+    )
+    task = progress.add_task("sigma per layer", total=None)
+
+    def on_layer(done: int, total: int, name: str) -> None:
+        progress.update(task, completed=done, total=total, description=f"sigma: {name}")
+
+    with progress:
+        report, notes = build_report(args, on_layer)
+    if args.plot:
+        report.save_plot(args.plot)
+    if args.json:
+        data = report.to_dict()
+        data["notes"] = data["notes"] + notes
+        data["plot"] = args.plot
+        json.dump(data, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    out = Console()
+    out.print(report)
+    for note in notes:
+        out.print(f"note: {note}", style="dim")
+    if args.plot:
+        out.print(f"plot written to {args.plot}")
+    return 0
