@@ -92,7 +92,9 @@ def trained_mixed(seed: int = 0) -> tuple[Mixed, torch.Tensor]:
 def test_normalizations_lists_every_norm_with_its_settings():
     model, _ = trained_mixed()
     infos = normalizations(model)
-    assert [(i.path, i.kind, i.implementation, i.dim, i.method, i.n_power_iterations) for i in infos] == EXPECTED
+    assert [
+        (i.path, i.kind, i.implementation, i.dim, i.method, i.n_power_iterations) for i in infos
+    ] == EXPECTED
     assert {i.name for i in infos} == {"weight"}
     with pytest.raises(dataclasses.FrozenInstanceError):
         infos[0].path = "x"  # type: ignore[misc]
@@ -228,7 +230,10 @@ def test_legacy_spectral_norm_removed_module_loads_a_plain_state_dict():
 def test_remove_one_tensor_leaves_the_others():
     torch.manual_seed(0)
     layer = pn.spectral_norm(pn.weight_norm(nn.Linear(3, 4)), "bias")
-    assert [(i.name, i.kind) for i in normalizations(layer)] == [("weight", "weight_norm"), ("bias", "spectral_norm")]
+    assert [(i.name, i.kind) for i in normalizations(layer)] == [
+        ("weight", "weight_norm"),
+        ("bias", "spectral_norm"),
+    ]
     with torch.no_grad():
         bias = layer.bias.clone()
     remove(layer, "weight")
@@ -257,12 +262,16 @@ def test_chain_with_another_parametrization_is_baked_whole():
         weights = [m.weight.clone() for m in model]
         before = model(x)
     fold(model)
-    assert not parametrize.is_parametrized(chained) and not parametrize.is_parametrized(torch_chained)
+    assert not parametrize.is_parametrized(chained) and not parametrize.is_parametrized(
+        torch_chained
+    )
     assert torch.equal(chained.weight, weights[0]) and torch.equal(torch_chained.weight, weights[1])
     assert parametrize.is_parametrized(only_other, "weight")  # not a normalization: left alone
     with torch.no_grad():
         assert torch.equal(model(x), before)
-    with pytest.raises(NotNormalizedError, match="Its parametrizations are none of those.*remove_parametrizations"):
+    with pytest.raises(
+        NotNormalizedError, match="Its parametrizations are none of those.*remove_parametrizations"
+    ):
         remove(only_other)
 
 
@@ -289,12 +298,20 @@ def test_public_exports():
 
 def test_errors_name_the_module_and_say_the_fix():
     layer = nn.Linear(3, 4)
-    with pytest.raises(NotNormalizedError, match=r"remove: Linear.weight carries no weight or spectral normalization.*paranorm.normalizations\(model\)"):
+    with pytest.raises(
+        NotNormalizedError,
+        match=r"remove: Linear.weight carries no weight or spectral normalization.*paranorm.normalizations\(model\)",
+    ):
         remove(layer)
     assert issubclass(NotNormalizedError, ParanormError)
-    with pytest.raises(ParanormError, match=r"remove: Linear has no parameter or buffer named 'wieght' \(found: bias, weight\)"):
+    with pytest.raises(
+        ParanormError,
+        match=r"remove: Linear has no parameter or buffer named 'wieght' \(found: bias, weight\)",
+    ):
         remove(layer, "wieght")
-    with pytest.raises(ParanormError, match=r"is_normalized: Linear has no parameter or buffer named 'gamma'"):
+    with pytest.raises(
+        ParanormError, match=r"is_normalized: Linear has no parameter or buffer named 'gamma'"
+    ):
         is_normalized(pn.weight_norm(nn.Linear(3, 4)), "gamma")
     for fn in (fold, remove, is_normalized, normalizations):
         with pytest.raises(ParanormError, match=r"expected an nn.Module, got dict"):

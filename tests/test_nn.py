@@ -16,7 +16,6 @@ from paranorm import nn as pnn
 from paranorm.apply import PARAMETRIZATION_NORMS
 from paranorm.errors import ParanormError
 
-
 # --- An EnCodec-style reference (encodec/modules/conv.py), on torch's legacy hook API. --------
 
 
@@ -96,8 +95,12 @@ def _trained(module: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 @pytest.mark.parametrize("norm", ["none", "weight_norm", "spectral_norm"])
-@pytest.mark.parametrize("ref_cls, cls, args, kwargs, shape", PAIRS, ids=lambda p: getattr(p, "__name__", ""))
-def test_loads_encodec_legacy_checkpoint_strict_and_matches(ref_cls, cls, args, kwargs, shape, norm):
+@pytest.mark.parametrize(
+    "ref_cls, cls, args, kwargs, shape", PAIRS, ids=lambda p: getattr(p, "__name__", "")
+)
+def test_loads_encodec_legacy_checkpoint_strict_and_matches(
+    ref_cls, cls, args, kwargs, shape, norm
+):
     torch.manual_seed(0)
     x = torch.randn(shape)
     ref = _trained(ref_cls(*args, norm=norm, **kwargs), x)
@@ -176,8 +179,12 @@ ALL_CLASSES = [
 
 
 @pytest.mark.parametrize("norm", ["none", "weight_norm", "spectral_norm"])
-@pytest.mark.parametrize("cls, torch_cls, args, shape", ALL_CLASSES, ids=lambda p: getattr(p, "__name__", ""))
-def test_every_layer_matches_torch_parametrizations_on_the_same_seed(cls, torch_cls, args, shape, norm):
+@pytest.mark.parametrize(
+    "cls, torch_cls, args, shape", ALL_CLASSES, ids=lambda p: getattr(p, "__name__", "")
+)
+def test_every_layer_matches_torch_parametrizations_on_the_same_seed(
+    cls, torch_cls, args, shape, norm
+):
     torch.manual_seed(3)
     expected = torch_cls(*args)
     if norm == "weight_norm":
@@ -201,10 +208,15 @@ def test_norm_kwargs_reach_the_parametrization():
     conv = pnn.NormConv1d(2, 4, 3, norm="weight_norm", norm_kwargs={"dim": None}).conv
     assert conv.parametrizations.weight.original0.shape == torch.Size([])
     torch.testing.assert_close(conv.parametrizations.weight.original0, conv.weight.detach().norm())
-    sn = pnn.NormConvTranspose1d(2, 4, 3, norm="spectral_norm", norm_kwargs={"n_power_iterations": 3, "dim": 0})
+    sn = pnn.NormConvTranspose1d(
+        2, 4, 3, norm="spectral_norm", norm_kwargs={"n_power_iterations": 3, "dim": 0}
+    )
     assert sn.convtr.parametrizations.weight[0].n_power_iterations == 3
     assert sn.convtr.parametrizations.weight[0].dim == 0
-    assert pnn.NormConvTranspose1d(2, 4, 3, norm="spectral_norm").convtr.parametrizations.weight[0].dim == 1
+    assert (
+        pnn.NormConvTranspose1d(2, 4, 3, norm="spectral_norm").convtr.parametrizations.weight[0].dim
+        == 1
+    )
 
 
 def test_registered_norm_works_in_the_layers():
@@ -268,7 +280,9 @@ def test_layer_norm_normalizes_channels_at_each_position(cls, args, shape):
     x = torch.randn(shape)
     inner = getattr(layer, "convtr" if "Transpose" in cls.__name__ else "conv")
     y = inner(x)
-    expected = F.layer_norm(y.movedim(1, -1), (y.shape[1],), layer.norm.weight, layer.norm.bias, 1e-5).movedim(-1, 1)
+    expected = F.layer_norm(
+        y.movedim(1, -1), (y.shape[1],), layer.norm.weight, layer.norm.bias, 1e-5
+    ).movedim(-1, 1)
     out = layer(x)
     assert out.shape == y.shape
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
@@ -292,7 +306,9 @@ def test_layer_norm_loads_encodec_keys_and_takes_norm_kwargs():
     exact = _layer_norm_over_channels_f64(y, state["norm.weight"], state["norm.bias"], 1e-5)
     torch.testing.assert_close(layer(x).double(), exact, rtol=1e-5, atol=1e-5)
 
-    plain = pnn.NormConv1d(2, 4, 3, norm="layer_norm", norm_kwargs={"eps": 1e-2, "elementwise_affine": False})
+    plain = pnn.NormConv1d(
+        2, 4, 3, norm="layer_norm", norm_kwargs={"eps": 1e-2, "elementwise_affine": False}
+    )
     assert plain.norm.eps == 1e-2 and set(plain.state_dict()) == {"conv.weight", "conv.bias"}
     exact = _layer_norm_over_channels_f64(plain.conv(x), None, None, 1e-2)
     torch.testing.assert_close(plain(x).double(), exact, rtol=1e-5, atol=1e-5)
@@ -305,11 +321,16 @@ def test_layer_norm_carries_dtype_and_linear_uses_last_axis():
     lin = pnn.NormLinear(5, 6, norm="layer_norm")
     assert type(lin.norm) is nn.LayerNorm and lin.norm.normalized_shape == (6,)
     x = torch.randn(2, 7, 5)
-    expected = F.layer_norm(F.linear(x, lin.linear.weight, lin.linear.bias), (6,), lin.norm.weight, lin.norm.bias)
+    expected = F.layer_norm(
+        F.linear(x, lin.linear.weight, lin.linear.bias), (6,), lin.norm.weight, lin.norm.bias
+    )
     torch.testing.assert_close(lin(x), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cls, args, shape", [(pnn.NormConv1d, (3, 6, 3), (2, 3, 10)), (pnn.NormConv2d, (3, 4, 2), (2, 3, 5, 6))])
+@pytest.mark.parametrize(
+    "cls, args, shape",
+    [(pnn.NormConv1d, (3, 6, 3), (2, 3, 10)), (pnn.NormConv2d, (3, 4, 2), (2, 3, 5, 6))],
+)
 def test_time_group_norm_normalizes_each_sample_over_channels_and_time(cls, args, shape):
     torch.manual_seed(0)
     layer = cls(*args, norm="time_group_norm")
@@ -323,7 +344,9 @@ def test_time_group_norm_normalizes_each_sample_over_channels_and_time(cls, args
     mean = y.mean(dim=axes, keepdim=True)
     var = y.var(dim=axes, unbiased=False, keepdim=True)
     view = (1, -1) + (1,) * (y.ndim - 2)
-    exact = (y - mean) / torch.sqrt(var + 1e-5) * layer.norm.weight.double().view(view) + layer.norm.bias.double().view(view)
+    exact = (y - mean) / torch.sqrt(var + 1e-5) * layer.norm.weight.double().view(
+        view
+    ) + layer.norm.bias.double().view(view)
     torch.testing.assert_close(layer(x).double(), exact, rtol=1e-5, atol=1e-5)
     assert {"norm.weight", "norm.bias"} <= set(layer.state_dict())
 
@@ -335,14 +358,19 @@ def test_time_group_norm_normalizes_each_sample_over_channels_and_time(cls, args
 
 
 def test_time_layer_norm_is_an_error_not_a_silent_no_op():
-    with pytest.raises(ParanormError, match="'time_layer_norm' is not supported.*norm='none'.*layer_norm"):
+    with pytest.raises(
+        ParanormError, match="'time_layer_norm' is not supported.*norm='none'.*layer_norm"
+    ):
         pnn.NormConv1d(2, 3, 3, norm="time_layer_norm")
     with pytest.raises(ParanormError, match="time_layer_norm"):
         pnn.get_norm_module(nn.Conv1d(2, 3, 3), norm="time_layer_norm")
 
 
 def test_unknown_norm_lists_the_valid_names():
-    with pytest.raises(ParanormError, match=r"NormConv2d: unknown norm 'wieght_norm'; expected one of .*'weight_norm'.*'layer_norm'.*'time_group_norm'.*register_norm"):
+    with pytest.raises(
+        ParanormError,
+        match=r"NormConv2d: unknown norm 'wieght_norm'; expected one of .*'weight_norm'.*'layer_norm'.*'time_group_norm'.*register_norm",
+    ):
         pnn.NormConv2d(2, 3, 3, norm="wieght_norm")
     with pytest.raises(ParanormError, match="unknown norm None"):
         pnn.NormLinear(2, 3, norm=None)  # type: ignore[arg-type]
@@ -355,11 +383,16 @@ def test_causal_time_group_norm_is_an_error():
         pnn.NormConv1d(2, 3, 3, causal=True, norm="time_group_norm")
     with pytest.raises(ValueError):  # EnCodec raised ValueError: ParanormError still is one
         pnn.NormConvTranspose1d(2, 3, 3, causal=True, norm="time_group_norm")
-    assert isinstance(pnn.NormConv1d(2, 3, 3, causal=True, norm="layer_norm").norm, pnn.ConvLayerNorm)
+    assert isinstance(
+        pnn.NormConv1d(2, 3, 3, causal=True, norm="layer_norm").norm, pnn.ConvLayerNorm
+    )
 
 
 def test_bad_norm_kwargs_are_clear_errors():
-    with pytest.raises(ParanormError, match=r"NormConv1d: bad norm_kwargs \{'dimm': 0\} for norm='weight_norm'.*dimm"):
+    with pytest.raises(
+        ParanormError,
+        match=r"NormConv1d: bad norm_kwargs \{'dimm': 0\} for norm='weight_norm'.*dimm",
+    ):
         pnn.NormConv1d(2, 3, 3, norm="weight_norm", norm_kwargs={"dimm": 0})
     with pytest.raises(ParanormError, match="norm_kwargs must be a dict or None, got list"):
         pnn.NormConv1d(2, 3, 3, norm="weight_norm", norm_kwargs=[("dim", 0)])  # type: ignore[arg-type]
@@ -374,11 +407,15 @@ def test_bad_norm_kwargs_are_clear_errors():
 def test_norm_modules_refuse_layers_they_do_not_fit():
     with pytest.raises(ParanormError, match="time_group_norm' needs a convolution.*got Linear"):
         pnn.NormLinear(3, 4, norm="time_group_norm")
-    with pytest.raises(ParanormError, match="layer_norm' needs a convolution or an nn.Linear, got Identity"):
+    with pytest.raises(
+        ParanormError, match="layer_norm' needs a convolution or an nn.Linear, got Identity"
+    ):
         pnn.get_norm_module(nn.Identity(), norm="layer_norm")
     with pytest.raises(ParanormError, match="normalized_shape must be the number of channels"):
         pnn.ConvLayerNorm([3, 4])
-    with pytest.raises(ParanormError, match=r"expected an input of shape \(B, C, \*spatial\), got shape \(4,\)"):
+    with pytest.raises(
+        ParanormError, match=r"expected an input of shape \(B, C, \*spatial\), got shape \(4,\)"
+    ):
         pnn.ConvLayerNorm(4)(torch.randn(4))
     for norm in ("none", "weight_norm", "spectral_norm"):
         assert isinstance(pnn.get_norm_module(nn.Conv1d(2, 3, 3), norm=norm), nn.Identity)

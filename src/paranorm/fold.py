@@ -93,7 +93,9 @@ def _torch_dim(dim: int | None) -> int | None:
 
 
 def _info(path: str, module: nn.Module, name: str, found: Found) -> NormalizationInfo:
-    source = found.parametrization if found.parametrization is not None else legacy_hook(module, name)
+    source = (
+        found.parametrization if found.parametrization is not None else legacy_hook(module, name)
+    )
     dim = getattr(source, "dim", None)
     if found.kind == "weight_norm":
         # paranorm keeps None as None; torch (both APIs) stores it as -1, never a real axis there.
@@ -101,7 +103,9 @@ def _info(path: str, module: nn.Module, name: str, found: Found) -> Normalizatio
         return NormalizationInfo(path, name, found.kind, found.implementation, dim)
     method = getattr(source, "method", "reshape")
     n_iterations = getattr(source, "n_power_iterations", None)
-    return NormalizationInfo(path, name, found.kind, found.implementation, dim, method, n_iterations)
+    return NormalizationInfo(
+        path, name, found.kind, found.implementation, dim, method, n_iterations
+    )
 
 
 def normalizations(model: nn.Module) -> list[NormalizationInfo]:
@@ -145,27 +149,37 @@ def _drop_load_pre_hooks(module: nn.Module, name: str) -> None:
     """
     for key, wrapped in list(module._load_state_dict_pre_hooks.items()):
         hook = getattr(wrapped, "hook", wrapped)
-        torch_wn = getattr(hook, "__name__", "") == "_weight_norm_compat_hook" and _closure_value(hook, "name") == name
+        torch_wn = (
+            getattr(hook, "__name__", "") == "_weight_norm_compat_hook"
+            and _closure_value(hook, "name") == name
+        )
         legacy_sn = isinstance(hook, SpectralNormLoadStateDictPreHook) and hook.fn.name == name
         if torch_wn or legacy_sn:
             del module._load_state_dict_pre_hooks[key]
 
 
-def _restore_parameter(module: nn.Module, name: str, as_parameter: bool, requires_grad: bool) -> None:
+def _restore_parameter(
+    module: nn.Module, name: str, as_parameter: bool, requires_grad: bool
+) -> None:
     """Make ``module.<name>`` a Parameter again if its originals were, with their requires_grad."""
     if not as_parameter:
         return
     value = module._parameters.get(name)
     if value is None:  # torch registered the baked tensor as a buffer (it did not require grad)
         plain = module._buffers.pop(name)
+        assert plain is not None  # torch registers a non-Parameter result as a buffer
         module.register_parameter(name, nn.Parameter(plain.detach(), requires_grad=requires_grad))
     elif value.requires_grad != requires_grad:
         value.requires_grad_(requires_grad)
 
 
 def _bake_parametrized(module: nn.Module, name: str) -> None:
-    chain = module.parametrizations[name]  # type: ignore[index,union-attr]
-    originals = [chain.original] if chain.is_tensor else [getattr(chain, f"original{i}") for i in range(chain.ntensors)]
+    chain: parametrize.ParametrizationList = module.parametrizations[name]  # type: ignore[index,union-attr,assignment]
+    originals = (
+        [chain.original]
+        if chain.is_tensor
+        else [getattr(chain, f"original{i}") for i in range(chain.ntensors)]
+    )
     as_parameter = all(isinstance(t, nn.Parameter) for t in originals)
     requires_grad = any(t.requires_grad for t in originals)
     members = list(chain)

@@ -19,7 +19,8 @@ legacy spectral norm). Differences from EnCodec, all on purpose:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, ClassVar
 
 import torch
@@ -53,7 +54,7 @@ _TIME_LAYER_NORM = (
 )
 
 
-class _ConvNormalizations(Set[str]):
+class _ConvNormalizations(AbstractSet[str]):
     """EnCodec's ``CONV_NORMALIZATIONS``, kept live: the registered parametrization norms
     (:data:`paranorm.apply.PARAMETRIZATION_NORMS`, including those added by
     :func:`paranorm.register_norm`) plus :data:`MODULE_NORMS`."""
@@ -75,7 +76,7 @@ class _ConvNormalizations(Set[str]):
 
 
 #: Every name the Norm layers accept for ``norm=``; ``"x" in CONV_NORMALIZATIONS`` works as in EnCodec.
-CONV_NORMALIZATIONS: Set[str] = _ConvNormalizations()
+CONV_NORMALIZATIONS: AbstractSet[str] = _ConvNormalizations()
 
 
 def _check_norm_name(norm: object, where: str) -> str:
@@ -106,8 +107,12 @@ class ConvLayerNorm(nn.LayerNorm):
         (torch.Size([2, 4, 7]), True)
     """
 
-    def __init__(self, normalized_shape: int | list[int] | tuple[int, ...] | torch.Size, **kwargs: Any) -> None:
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    def __init__(
+        self, normalized_shape: int | list[int] | tuple[int, ...] | torch.Size, **kwargs: Any
+    ) -> None:
+        shape = (
+            (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        )
         if len(shape) != 1:
             raise ParanormError(
                 f"ConvLayerNorm: normalized_shape must be the number of channels (one int), got "
@@ -147,7 +152,9 @@ def _build(cls: Any, norm: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
         ) from None
 
 
-def get_norm_module(module: nn.Module, causal: bool = False, norm: str = "none", **norm_kwargs: Any) -> nn.Module:
+def get_norm_module(
+    module: nn.Module, causal: bool = False, norm: str = "none", **norm_kwargs: Any
+) -> nn.Module:
     """The module applied after ``module`` for ``norm``: EnCodec's ``get_norm_module``.
 
     'layer_norm' gives :class:`ConvLayerNorm` over ``out_channels`` (a plain
@@ -210,8 +217,9 @@ class _NormLayer(nn.Module):
         layer = self._layer_cls(*args, **kwargs)
         if norm in MODULE_NORMS:
             # The norm module is built on the layer's device and dtype unless told otherwise.
-            factory = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
-            norm_module = get_norm_module(layer, causal, norm, **{**factory, **norm_kwargs})
+            options: dict[str, Any] = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+            options.update(norm_kwargs)
+            norm_module = get_norm_module(layer, causal, norm, **options)
         else:
             fn = PARAMETRIZATION_NORMS[norm]
             try:
@@ -230,7 +238,8 @@ class _NormLayer(nn.Module):
         self.norm_type = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self._modules[self._attr](x))
+        layer: nn.Module = getattr(self, self._attr)
+        return self.norm(layer(x))
 
 
 class NormConv1d(_NormLayer):
