@@ -53,7 +53,8 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
     if not tensor.is_floating_point():
         raise ParanormError(
             f"{norm}: {where} has dtype {tensor.dtype}; only floating-point tensors can be "
-            "normalized. Convert the module first, e.g. module.float()."
+            f"normalized. Convert it first (module.float() skips integer tensors; for a buffer: "
+            f"module.{name} = module.{name}.float()), or pass name= of a floating-point tensor."
         )
     found_norm = find_normalization(module, name)
     if found_norm is not None:

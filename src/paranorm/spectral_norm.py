@@ -187,12 +187,13 @@ def spectral_norm(
     if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int):
         raise ParanormError(
             f"spectral_norm: n_power_iterations must be an int, got {n_power_iterations!r} "
-            f"for {where}."
+            f"for {where}. Pass a whole number >= 1, e.g. n_power_iterations=1 (the default)."
         )
     if n_power_iterations < 1:
         raise ParanormError(
             f"spectral_norm: n_power_iterations must be >= 1, got {n_power_iterations} for "
-            f"{where}. Use 1 (the default) for one step per training forward."
+            f"{where}. Pass n_power_iterations=1 (the default) for one step per training "
+            "forward, or more."
         )
     dim = _default_dim(module) if dim is None else check_dim(module, name, "spectral_norm", dim, weight.ndim)
     if coeff is not None and (isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not coeff > 0):
