@@ -15,6 +15,12 @@ Legacy is torch.nn.utils.weight_norm/spectral_norm (forward pre-hooks); parametr
 torch.nn.utils.parametrizations and paranorm. A version-0 legacy spectral norm (torch < 1.1)
 stored ``<name>_orig``, ``<name>`` (W / sigma) and ``<name>_u`` but no ``<name>_v``.
 
+torch calls every load pre-hook with ``strict=True`` whatever the caller passed, and applies
+``strict`` itself afterwards to the missing/unexpected key lists; so the hooks never decide
+on strictness: an incomplete legacy group loads what is there and leaves the rest to torch's
+missing keys (an error with strict=True, ignored with strict=False; torch's own legacy
+spectral-norm hook instead raised KeyError, pytorch#21251).
+
 The hooks here are registered by :func:`paranorm.weight_norm` / :func:`paranorm.spectral_norm`
 as load_state_dict pre-hooks (``with_module=True``). torch calls them with a private copy of
 the state_dict before it copies anything into the module, so renaming keys there is safe.
@@ -24,7 +30,8 @@ and raises one RuntimeError at the end listing ``error_msgs`` (and, with ``stric
 missing/unexpected keys), so on failure the modules visited before have been loaded. The hooks
 append to ``error_msgs`` (raised with strict=True *and* strict=False: a key of the wrong layout
 would otherwise be silently skipped and leave the layer at its initial weights) and drop every
-key of the offending tensor, so that tensor is left exactly as it was: all or nothing.
+key of the offending tensor, so that tensor is left exactly as it was. (With strict=True and
+an incomplete group, the keys that were there are loaded before torch raises: torch's order.)
 """
 
 from __future__ import annotations
@@ -184,21 +191,15 @@ def _keys_hook(name: str, kind: Kind) -> Hook:
             weight = state_dict.pop(base)
             if module.parametrizations[name].original.ndim > 1:  # type: ignore[union-attr,index]
                 state_dict[own_legacy["v"]] = solve_version0_v(
-                    state_dict[own_legacy["weight"]], weight, state_dict[own_legacy["u"]], found.parametrization.dim  # type: ignore[union-attr]
+                    state_dict[own_legacy["weight"]], weight, state_dict[own_legacy["u"]], int(found.parametrization.dim)  # type: ignore[union-attr,arg-type]
                 )
-        missing = [k for k in own_legacy.values() if k not in state_dict]
         if kind == "spectral_norm" and module.parametrizations[name].original.ndim == 1:  # type: ignore[union-attr,index]
             # A 1-D weight is normalized exactly (w / ||w||): the parametrization keeps no u, v.
             for role in ("u", "v"):
                 state_dict.pop(own_legacy[role], None)
-            missing = [k for k in missing if k == own_legacy["weight"]]
-        if missing and strict:
-            fail(
-                f"{where}: the legacy {kind} keys are incomplete: {missing[0]!r} is missing next to "
-                f"{legacy_present[0]!r}. Load the complete checkpoint, or pass strict=False to "
-                "load the keys that are there."
-            )
-            return
+        # An incomplete group loads the keys that are there; the absent ones become torch's
+        # missing keys, which load_state_dict raises for strict=True and ignores otherwise
+        # (torch hands every hook strict=True, so `strict` here says nothing).
         for role, key in own_legacy.items():
             if key in state_dict:
                 state_dict[own_param[role]] = state_dict.pop(key)

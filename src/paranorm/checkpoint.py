@@ -230,14 +230,12 @@ def _groups(state_dict: Mapping[str, Any]) -> list[_Group]:
     ordered: list[_Group] = []
     seen: set[str] = set()
     for key in keys:
-        base = claimed.get(key)
-        if base is None:
-            if key in groups:  # a plain <base> inside a v0 group
-                continue
+        owner = claimed.get(key)
+        if owner is None:
             ordered.append(_Group(key, "plain", None, {"weight": key}))
-        elif base not in seen:
-            seen.add(base)
-            ordered.append(groups[base])
+        elif owner not in seen:
+            seen.add(owner)
+            ordered.append(groups[owner])
     return ordered
 
 
