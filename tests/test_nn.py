@@ -426,3 +426,17 @@ def test_no_warning_from_paranorm_layers():
         warnings.simplefilter("error")
         for norm in ("none", "weight_norm", "spectral_norm", "layer_norm", "time_group_norm"):
             pnn.NormConv1d(2, 3, 3, norm=norm)(torch.randn(1, 2, 5))
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "time_group_norm", "weight_norm"])
+@pytest.mark.parametrize(
+    "cls, args, shape",
+    [(pnn.NormConv1d, (3, 4, 3), (3, 9)), (pnn.NormConvTranspose2d, (3, 4, 2), (3, 5, 4))],
+)
+def test_unbatched_input_is_normalized_like_a_batch_of_one(cls, args, shape, norm):
+    torch.manual_seed(0)
+    layer = cls(*args, norm=norm)
+    x = torch.randn(shape)
+    unbatched = layer(x)
+    assert unbatched.ndim == x.ndim
+    torch.testing.assert_close(unbatched, layer(x.unsqueeze(0)).squeeze(0), rtol=0, atol=1e-6)

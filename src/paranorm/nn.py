@@ -234,12 +234,18 @@ class _NormLayer(nn.Module):
             layer = apply_parametrization_norm(layer, norm, **norm_kwargs)
             norm_module = get_norm_module(layer, causal, norm)
         setattr(self, self._attr, layer)
+        # A conv also takes unbatched (C, *spatial) input; its norm module needs the batch axis.
+        kernel_size = getattr(layer, "kernel_size", None)
+        self._unbatched_ndim = None if kernel_size is None else len(kernel_size) + 1
         self.norm = norm_module
         self.norm_type = norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer: nn.Module = getattr(self, self._attr)
-        return self.norm(layer(x))
+        y = layer(x)
+        if y.ndim == self._unbatched_ndim and not isinstance(self.norm, nn.Identity):
+            return self.norm(y.unsqueeze(0)).squeeze(0)
+        return self.norm(y)
 
 
 class NormConv1d(_NormLayer):
