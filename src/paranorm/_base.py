@@ -46,7 +46,9 @@ def _classify(p: nn.Module) -> tuple[Kind, Implementation] | None:
     return None
 
 
-def legacy_hook(module: nn.Module, name: str) -> TorchLegacyWeightNorm | TorchLegacySpectralNorm | None:
+def legacy_hook(
+    module: nn.Module, name: str
+) -> TorchLegacyWeightNorm | TorchLegacySpectralNorm | None:
     """The legacy torch.nn.utils weight/spectral norm pre-hook on ``module.<name>``, if any."""
     for hook in module._forward_pre_hooks.values():
         if isinstance(hook, (TorchLegacyWeightNorm, TorchLegacySpectralNorm)) and hook.name == name:
@@ -57,7 +59,7 @@ def legacy_hook(module: nn.Module, name: str) -> TorchLegacyWeightNorm | TorchLe
 def find_normalization(module: nn.Module, name: str) -> Found | None:
     """Return the weight/spectral normalization on ``module.<name>``, or None if it has none."""
     if parametrize.is_parametrized(module, name):
-        for p in module.parametrizations[name]:  # type: ignore[union-attr]
+        for p in module.parametrizations[name]:  # type: ignore[index]
             classified = _classify(p)
             if classified is not None:
                 return Found(classified[0], classified[1], p)
@@ -73,7 +75,8 @@ def normalized_names(module: nn.Module) -> list[str]:
     """Names of the tensors of ``module`` (not its children) that carry a normalization."""
     names: list[str] = []
     if parametrize.is_parametrized(module):
-        names.extend(n for n in module.parametrizations if find_normalization(module, n))  # type: ignore[union-attr]
+        parametrizations: nn.ModuleDict = module.parametrizations  # type: ignore[assignment]
+        names.extend(n for n in parametrizations if find_normalization(module, n))
     for hook in module._forward_pre_hooks.values():
         if isinstance(hook, (TorchLegacyWeightNorm, TorchLegacySpectralNorm)):
             names.append(hook.name)

@@ -20,7 +20,7 @@ def _tensor_names(module: nn.Module) -> list[str]:
     names = [n for n, _ in module.named_parameters(recurse=False)]
     names += [n for n, _ in module.named_buffers(recurse=False)]
     if hasattr(module, "parametrizations"):
-        names += list(module.parametrizations)  # type: ignore[union-attr]
+        names += list(module.parametrizations)  # type: ignore[arg-type]
     names = [n for n in names if n != "parametrizations"]
     return sorted(set(names))
 

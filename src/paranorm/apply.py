@@ -16,7 +16,7 @@ from .errors import ParanormError
 from .spectral_norm import spectral_norm
 from .weight_norm import weight_norm
 
-__all__ = ["apply_parametrization_norm", "register_norm", "PARAMETRIZATION_NORMS"]
+__all__ = ["PARAMETRIZATION_NORMS", "apply_parametrization_norm", "register_norm"]
 
 NormFn = Callable[..., nn.Module]
 
@@ -53,7 +53,9 @@ def register_norm(name: str, fn: NormFn, *, overwrite: bool = False) -> None:
     PARAMETRIZATION_NORMS[name] = fn
 
 
-def apply_parametrization_norm(module: nn.Module, norm: str = "none", **norm_kwargs: Any) -> nn.Module:
+def apply_parametrization_norm(
+    module: nn.Module, norm: str = "none", **norm_kwargs: Any
+) -> nn.Module:
     """Apply the parametrization norm called ``norm`` to ``module`` and return it.
 
     Args:

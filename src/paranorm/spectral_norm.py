@@ -12,6 +12,7 @@ class shares the division (hard or soft) in :class:`SpectralNorm`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 from .estimators import power_iteration_, reshape_sigma, weight_to_matrix
 
-__all__ = ["spectral_norm", "SpectralNorm", "ReshapeSpectralNorm", "METHODS"]
+__all__ = ["METHODS", "ReshapeSpectralNorm", "SpectralNorm", "spectral_norm"]
 
 #: Power iterations run at registration, as torch does, so the first forward's sigma is
 #: already close to the truth instead of a random vector's Rayleigh quotient.
@@ -75,6 +76,8 @@ class ReshapeSpectralNorm(SpectralNorm):
     """
 
     method = "reshape"
+    _u: torch.Tensor
+    _v: torch.Tensor
 
     def __init__(
         self,
@@ -195,8 +198,12 @@ def spectral_norm(
             f"{where}. Pass n_power_iterations=1 (the default) for one step per training "
             "forward, or more."
         )
-    dim = _default_dim(module) if dim is None else check_dim(module, name, "spectral_norm", dim, weight.ndim)
-    if coeff is not None and (isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not coeff > 0):
+    if dim is None:
+        dim = _default_dim(module)
+    else:
+        dim = check_dim(module, name, "spectral_norm", dim, weight.ndim)
+    bad_coeff = isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not coeff > 0
+    if coeff is not None and bad_coeff:
         raise ParanormError(
             f"spectral_norm: coeff must be None (hard W / sigma) or a positive number (soft "
             f"W / max(1, sigma / coeff)), got coeff={coeff!r} for {where}."
@@ -206,12 +213,21 @@ def spectral_norm(
             f"spectral_norm: unknown method {method!r} for {where}; expected one of "
             f"{', '.join(sorted(METHODS))}."
         )
+    # Every method class takes (weight, n_power_iterations, dim, eps, coeff=..., **options).
+    make: Callable[..., SpectralNorm] = METHODS[method]
     try:
-        parametrization = METHODS[method](
-            weight, n_power_iterations, dim, eps, coeff=None if coeff is None else float(coeff), **method_options
+        parametrization = make(
+            weight,
+            n_power_iterations,
+            dim,
+            eps,
+            coeff=None if coeff is None else float(coeff),
+            **method_options,
         )
     except TypeError as error:
-        raise ParanormError(f"spectral_norm: bad options for method={method!r} on {where}: {error}") from None
+        raise ParanormError(
+            f"spectral_norm: bad options for method={method!r} on {where}: {error}"
+        ) from None
     parametrize.register_parametrization(module, name, parametrization)
     parametrization._load_hook = module._register_load_state_dict_pre_hook(
         _legacy_keys_hook(name), with_module=True

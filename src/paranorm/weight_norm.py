@@ -17,7 +17,7 @@ from ._load_hooks import weight_norm_keys_hook as _legacy_keys_hook
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 
-__all__ = ["weight_norm", "WeightNorm"]
+__all__ = ["WeightNorm", "weight_norm"]
 
 
 class WeightNorm(Normalization):
@@ -111,7 +111,11 @@ def weight_norm(
         with torch.no_grad():
             zero = parametrization.norm(weight) == 0
         if bool(zero.any()):
-            where = "the whole tensor" if dim is None else f"{int(zero.sum())} slice(s) along dim={dim}"
+            where = (
+                "the whole tensor"
+                if dim is None
+                else f"{int(zero.sum())} slice(s) along dim={dim}"
+            )
             raise ParanormError(
                 f"weight_norm: {label(module, name)} has zero norm over {where}; w = g v/||v|| "
                 "would be NaN there. Initialize the weight to non-zero values, or pass eps=1e-12 "
