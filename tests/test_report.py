@@ -81,7 +81,7 @@ def test_per_layer_values_match_independent_oracles() -> None:
             assert power.value <= truth * (1 + 1e-5)
             assert bound.certified and bound.value >= truth * (1 - 1e-5)
             # the same numbers pn.sigma gives for that layer at that shape
-            for column, estimate in layer.estimates.items():
+            for estimate in layer.estimates.values():
                 method = estimate.method
                 s = shape if isinstance(module, nn.Conv2d) and method != "reshape" else None
                 assert estimate.value == pytest.approx(float(pn.sigma(module, method, s)), rel=1e-6)
@@ -258,7 +258,10 @@ def test_save_plot_writes_a_png_atomically(tmp_path) -> None:
     ("call", "match"),
     [
         (lambda: pn.lipschitz_report("model", torch.randn(1)), "expected an nn.Module"),
-        (lambda: pn.lipschitz_report(nn.Linear(2, 2), torch.randn(1, 2), methods=["exact"]), "methods"),
+        (
+            lambda: pn.lipschitz_report(nn.Linear(2, 2), torch.randn(1, 2), methods=["exact"]),
+            "methods",
+        ),
         (lambda: pn.lipschitz_report(nn.LazyLinear(2), torch.randn(1, 2)), "uninitialized"),
     ],
 )
