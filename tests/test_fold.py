@@ -402,3 +402,40 @@ def test_folded_norm_layer_has_the_keys_of_an_unnormalized_one():
         plain.load_state_dict(fold(layer).state_dict(), strict=True)
         with torch.no_grad():
             assert torch.equal(plain(x), before)
+
+
+IMPLEMENTATIONS = [
+    pn.weight_norm,
+    pn.spectral_norm,
+    tp.weight_norm,
+    tp.spectral_norm,
+    legacy_wn,
+    legacy_sn,
+]
+IMPLEMENTATION_IDS = ["pn-wn", "pn-sn", "torch-wn", "torch-sn", "legacy-wn", "legacy-sn"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("normalize", IMPLEMENTATIONS, ids=IMPLEMENTATION_IDS)
+def test_fold_keeps_half_precision(normalize, dtype):
+    torch.manual_seed(0)
+    layer = normalize(nn.Linear(4, 3).to(dtype)).eval()
+    x = torch.randn(2, 4, dtype=dtype)
+    with torch.no_grad():
+        before = layer(x)
+    fold(layer)
+    assert layer.weight.dtype == dtype
+    with torch.no_grad():
+        assert torch.equal(layer(x), before)
+
+
+DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("normalize", IMPLEMENTATIONS, ids=IMPLEMENTATION_IDS)
+def test_fold_keeps_the_device(normalize, device):
+    layer = normalize(nn.Conv1d(3, 4, 3, device=device))
+    fold(layer)
+    assert isinstance(layer.weight, nn.Parameter) and layer.weight.device.type == device
+    assert layer.weight.shape == (4, 3, 3)
