@@ -341,3 +341,36 @@ def test_property_largest_singular_value_is_one(layer_dim, seed):
     d = ours.parametrizations.weight[0].dim
     sigma = torch.linalg.matrix_norm(as_matrix(w, d), ord=2).item()
     assert 1 - 1e-9 <= sigma <= 1 + 1e-3  # power iteration under-estimates sigma: never below 1
+
+
+def test_legacy_keys_load_under_a_prefix():
+    torch.manual_seed(15)
+    legacy = nn.Sequential(nn.Linear(3, 3), torch.nn.utils.spectral_norm(nn.Linear(3, 2))).eval()
+    ours = nn.Sequential(nn.Linear(3, 3), pn.spectral_norm(nn.Linear(3, 2))).eval()
+    assert "1.weight_orig" in legacy.state_dict()
+    ours.load_state_dict(legacy.state_dict(), strict=True)
+    x = torch.randn(4, 3)
+    torch.testing.assert_close(ours(x), legacy(x), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_power_step_updates_the_buffers_in_place(dtype):
+    # In place, as torch does: DDP broadcasts the same buffer objects, and optimizers or hooks
+    # holding a reference see the update.
+    torch.manual_seed(16)
+    ours = pn.spectral_norm(nn.Linear(4, 3).to(dtype))
+    u, v = uv(ours)
+    u_before = u.clone()
+    ours(torch.randn(2, 4, dtype=dtype))
+    assert uv(ours)[0] is u and uv(ours)[1] is v
+    assert not torch.equal(u, u_before)
+
+
+def test_assigning_the_weight_sets_the_original():
+    torch.manual_seed(17)
+    ours = pn.spectral_norm(nn.Linear(3, 4)).eval()
+    target = torch.randn(4, 3)
+    ours.weight = target
+    assert torch.equal(original(ours), target)
+    u, v = uv(ours)
+    torch.testing.assert_close(ours.weight, target / torch.dot(u, target @ v))

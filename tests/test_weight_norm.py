@@ -281,3 +281,36 @@ def test_property_parity_with_torch_and_slice_norms_equal_g(layer_dim, seed):
         d = dim % ndim
         norms = torch.linalg.vector_norm(w, dim=[i for i in range(ndim) if i != d], keepdim=True)
     torch.testing.assert_close(norms, g.detach().double().reshape(norms.shape), rtol=1e-5, atol=0)
+
+
+def test_legacy_keys_load_under_a_prefix():
+    torch.manual_seed(15)
+    legacy = nn.Sequential(nn.Linear(3, 3), torch.nn.utils.weight_norm(nn.Linear(3, 2)))
+    ours = nn.Sequential(nn.Linear(3, 3), pn.weight_norm(nn.Linear(3, 2)))
+    assert "1.weight_g" in legacy.state_dict()
+    ours.load_state_dict(legacy.state_dict(), strict=True)
+    x = torch.randn(4, 3)
+    assert torch.equal(ours(x), legacy(x))
+
+
+def test_assigning_the_weight_goes_through_right_inverse():
+    torch.manual_seed(16)
+    ours = pn.weight_norm(nn.Linear(3, 4))
+    target = torch.randn(4, 3)
+    ours.weight = target
+    g, v = g_v(ours)
+    torch.testing.assert_close(ours.weight, target)
+    torch.testing.assert_close(g, target.norm(dim=1, keepdim=True))
+    assert torch.equal(v, target)
+
+
+def test_eps_positive_gradients_match_torch():
+    torch.manual_seed(17)
+    layer = nn.Conv1d(3, 4, 3)
+    ours = pn.weight_norm(copy.deepcopy(layer), eps=1e-12)
+    theirs = torch_param.weight_norm(copy.deepcopy(layer))
+    x = torch.randn(2, 3, 7)
+    ours(x).square().sum().backward()
+    theirs(x).square().sum().backward()
+    for a, b in zip(theirs.parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
