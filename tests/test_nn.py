@@ -440,3 +440,18 @@ def test_unbatched_input_is_normalized_like_a_batch_of_one(cls, args, shape, nor
     unbatched = layer(x)
     assert unbatched.ndim == x.ndim
     torch.testing.assert_close(unbatched, layer(x.unsqueeze(0)).squeeze(0), rtol=0, atol=1e-6)
+
+
+def test_encodec_names_import_from_paranorm_nn():
+    """``from encodec.modules.conv import X`` becomes ``from paranorm.nn import X``."""
+    names = (
+        "NormConv1d",
+        "NormConv2d",
+        "NormConvTranspose1d",
+        "ConvLayerNorm",
+        "CONV_NORMALIZATIONS",
+    )
+    names += ("apply_parametrization_norm", "get_norm_module")
+    assert set(names) <= set(pnn.__all__)
+    assert pnn.apply_parametrization_norm is pn.apply_parametrization_norm
+    assert pn.nn is pnn

@@ -3,9 +3,10 @@
 Défossez et al., "High Fidelity Neural Audio Compression" (EnCodec), 2022,
 https://arxiv.org/abs/2210.13438, ``encodec/modules/conv.py``. Each layer holds the torch layer
 as ``self.conv`` (``self.convtr`` for the transposed ones, ``self.linear`` for NormLinear) and a
-``self.norm`` module, so checkpoint keys are EnCodec's (``conv.weight_g``/``conv.weight_v`` from
-torch's legacy weight norm load, as do ``conv.weight_orig``/``weight_u``/``weight_v`` from its
-legacy spectral norm). Differences from EnCodec, all on purpose:
+``self.norm`` module, so EnCodec checkpoints load as they are, legacy keys included
+(``conv.weight_g``/``conv.weight_v`` from torch's legacy weight norm,
+``conv.weight_orig``/``weight_u``/``weight_v`` from its legacy spectral norm), and switching a
+model from EnCodec's classes is a change of import. Differences from EnCodec, all on purpose:
 
 - ``norm_kwargs`` reach the parametrization (EnCodec drops them), through
   :func:`paranorm.apply_parametrization_norm`, so a norm added with :func:`paranorm.register_norm`
@@ -40,6 +41,7 @@ __all__ = [
     "NormConvTranspose2d",
     "NormConvTranspose3d",
     "NormLinear",
+    "apply_parametrization_norm",
     "get_norm_module",
 ]
 
