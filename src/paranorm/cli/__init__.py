@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import ParanormError
 
-COMMANDS = ("demo", "inspect")
+COMMANDS = ("demo", "inspect", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
