@@ -38,6 +38,15 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
             f"Pass the layer itself, e.g. {norm}(nn.Linear(4, 4))."
         )
     where = label(module, name)
+    # Before reading module.<name>: on a spectrally normalized tensor that read runs the
+    # parametrization, and in training mode that takes a power step on u and v.
+    found_norm = find_normalization(module, name)
+    if found_norm is not None:
+        raise AlreadyNormalizedError(
+            f"{norm}: {where} already has a {found_norm.kind} ({found_norm.implementation}); "
+            f"normalizing one tensor twice is almost always a mistake. Remove it first with "
+            f"paranorm.remove(module, {name!r}), then apply {norm}."
+        )
     tensor = getattr(module, name, None) if isinstance(name, str) else None
     if not isinstance(tensor, torch.Tensor):
         found = ", ".join(_tensor_names(module)) or "none"
@@ -55,13 +64,6 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
             f"{norm}: {where} has dtype {tensor.dtype}; only floating-point tensors can be "
             f"normalized. Convert it first (module.float() skips integer tensors; for a buffer: "
             f"module.{name} = module.{name}.float()), or pass name= of a floating-point tensor."
-        )
-    found_norm = find_normalization(module, name)
-    if found_norm is not None:
-        raise AlreadyNormalizedError(
-            f"{norm}: {where} already has a {found_norm.kind} ({found_norm.implementation}); "
-            f"normalizing one tensor twice is almost always a mistake. Remove it first with "
-            f"paranorm.remove(module, {name!r}), then apply {norm}."
         )
     return tensor
 
