@@ -296,10 +296,31 @@ def test_effective_weights_of_every_layout_match_torch_in_eval_mode() -> None:
     assert weights.keys() >= expected.keys()
     for name, weight in expected.items():
         torch.testing.assert_close(weights[name].value, weight, rtol=1e-5, atol=1e-6)
-    assert weights["0.weight"].layout == "weight_norm (legacy)"
-    assert weights["1.weight"].layout.startswith("spectral_norm (legacy)")
+    assert weights["0.weight"].layout == "weight_norm (legacy, dim=0)"
+    assert weights["1.weight"].layout == "spectral_norm (legacy, dim=0)"
     assert weights["2.weight"].layout == "weight_norm (parametrizations)"
-    assert weights["3.weight"].layout == "spectral_norm (parametrizations), dim=1"
+    assert weights["3.weight"].layout == "spectral_norm (parametrizations)"
+    assert weights["3.weight"].dim == 1  # square ConvTranspose weight: dim read from u, v
+
+
+def test_state_dict_reshape_sigma_uses_the_spectral_norm_dim() -> None:
+    model = _legacy_and_parametrized()
+    report = pn.state_dict_report(model.state_dict())
+    row = next(layer for layer in report.layers if layer.name == "3.weight")
+    weight = model[3].weight.detach().double()
+    by_dim1 = torch.linalg.matrix_norm(weight.transpose(0, 1).flatten(1), ord=2).item()
+    assert row.estimates["reshape"].value == pytest.approx(by_dim1, rel=1e-4)
+    assert any("dim 1 read from u and v" in note for note in report.notes)
+
+
+def test_unknown_parametrization_is_a_row_with_a_reason_not_a_failure() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(torch_param.orthogonal(nn.Linear(4, 4)), nn.Linear(4, 2))
+    report = pn.state_dict_report(model.state_dict())
+    rows = {layer.name: layer for layer in report.layers}
+    assert rows["0.weight"].bound is None
+    assert "effective weight unknown" in rows["0.weight"].estimates["power"].error
+    assert rows["1.weight"].bound is not None
 
 
 def test_state_dict_report_computes_what_the_tensors_allow() -> None:

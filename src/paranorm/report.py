@@ -20,7 +20,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import tempfile
+import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,8 +35,8 @@ from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
 from ._base import find_normalization
-from .errors import ParanormError
-from .estimators import weight_to_matrix
+from .checkpoint import CheckpointWarning, convert, detect
+from .errors import CheckpointError, ParanormError
 from .sigma import sigma as estimate_sigma
 
 __all__ = [
@@ -338,10 +341,10 @@ def _check_methods(methods: Sequence[str], where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(methods))
 
 
-def _estimate(run: Callable[[], Any], method: str) -> Estimate:
+def _estimate(target: nn.Module | torch.Tensor, method: str, **options: Any) -> Estimate:
     """Run one pn.sigma call; a ParanormError becomes an Estimate that says why."""
     try:
-        result = run()
+        result = estimate_sigma(target, method=method, **options)
     except ParanormError as error:
         return Estimate(method, None, None, None, str(error))
     return Estimate(result.method, float(result), result.kind, result.iterations)
@@ -364,7 +367,7 @@ def _describe_normalization(module: nn.Module, name: str = "weight") -> str | No
     found = find_normalization(module, name)
     if found is None:
         return None
-    details = [found.implementation]
+    details: list[str] = [found.implementation]
     p = found.parametrization
     if p is not None and found.implementation == "paranorm":
         if getattr(p, "method", None):
@@ -550,7 +553,7 @@ def _report_layer(
     methods: tuple[str, ...],
 ) -> list[LayerReport]:
     name = path or "(model)"
-    weight = module.weight
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]  # found as a tensor
     shape = tuple(weight.shape)
     normalization = _describe_normalization(module)
     if not isinstance(module, _OPERATORS):
@@ -578,10 +581,7 @@ def _report_layer(
                 estimates[column] = Estimate(method, None, None, None, why)
                 continue
             shape_arg = input_shape if needs_shape else None
-            estimates[column] = _estimate(
-                lambda m=method, s=shape_arg: estimate_sigma(module, method=m, input_shape=s),
-                method,
-            )
+            estimates[column] = _estimate(module, method, input_shape=shape_arg)
         rows.append(
             LayerReport(
                 name,
@@ -675,7 +675,8 @@ def lipschitz_report(
     )
     with ExitStack() as stack:
         handles = [module.register_forward_pre_hook(pre_hook) for module in model.modules()]
-        stack.callback(lambda: [h.remove() for h in handles])
+        for handle in handles:
+            stack.callback(handle.remove)
         stack.callback(_restore, model, training, buffers)
         stack.enter_context(torch.random.fork_rng(devices=devices))
         stack.enter_context(torch.no_grad())
@@ -733,154 +734,59 @@ def _restore(
 
 @dataclass(frozen=True)
 class _Tensor:
-    """A weight as read from a state_dict: its effective value and how it was stored."""
+    """A tensor of a state_dict read by paranorm.checkpoint: effective value and how it was stored."""
 
     name: str
-    value: torch.Tensor
-    layout: str | None
-    keys: tuple[str, ...]
+    value: torch.Tensor | None  # None when the effective weight could not be computed
+    layout: str | None  # e.g. "spectral_norm (legacy, dim=0)"; None when plain
+    dim: int | None = None  # the spectral norm's dim, for the reshape sigma
+    error: str | None = None
 
 
 def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_Tensor], list[str]]:
-    """The effective (eval-mode) weights of a state_dict in any of the common layouts.
+    """The eval-mode effective tensors of a state_dict in any layout, via paranorm.checkpoint.
 
-    plain ``<p>.<n>``; parametrizations ``<p>.parametrizations.<n>.original0/1`` (weight norm,
-    w = g v / ||v||, the kept dim read from g's shape) and ``.original`` + ``.0._u``/``.0._v``
-    (spectral norm, W / (u^T W_mat v) as torch computes it in eval mode); legacy
-    ``<p>.<n>_g``/``<n>_v`` (weight norm) and ``<n>_orig``/``<n>_u``/``<n>_v`` (spectral norm).
-    Returns the weights and notes on anything it could not resolve.
+    Each normalized tensor is converted on its own, so that one that cannot be (an unknown
+    parametrization, an ambiguous dim) is reported as such instead of failing the rest; what
+    the conversion derived (a dim read from u, v) becomes a note.
     """
-    keys = set(state_dict)
-    used: set[str] = set()
     out: list[_Tensor] = []
     notes: list[str] = []
-    for key in state_dict:
-        if key in used:
+    metadata = getattr(state_dict, "_metadata", None)
+    for entry in detect(state_dict):
+        if entry.layout == "plain":
+            out.append(_Tensor(entry.name, state_dict[entry.keys[0]], None))
             continue
-        base = key.rsplit(".", 1)
-        prefix, leaf = (base[0] + ".", base[1]) if len(base) == 2 else ("", base[0])
-        if ".parametrizations." in f".{key}":
-            owner, rest = f".{key}".split(".parametrizations.", 1)
-            owner = owner[1:]
-            tensor_name = rest.split(".", 1)[0]
-            p = f"{owner + '.' if owner else ''}parametrizations.{tensor_name}"
-            name = f"{owner + '.' if owner else ''}{tensor_name}"
-            if f"{p}.original0" in keys and f"{p}.original1" in keys:
-                g, v = state_dict[f"{p}.original0"], state_dict[f"{p}.original1"]
-                used.update({f"{p}.original0", f"{p}.original1"})
+        dim = entry.dim if entry.dim_known else None
+        detail = entry.layout + ("" if dim is None else f", dim={dim}")
+        layout = f"{entry.kind or 'unknown parametrization'} ({detail})"
+        sub: OrderedDict[str, Any] = OrderedDict((k, state_dict[k]) for k in entry.keys)
+        if metadata is not None:
+            sub._metadata = metadata  # type: ignore[attr-defined]  # legacy spectral-norm version
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CheckpointWarning)
+            try:
+                value = convert(sub, to="plain")[entry.name]
+            except CheckpointError as error:
                 out.append(
-                    _weight_norm_tensor(
-                        name,
-                        g,
-                        v,
-                        "weight_norm (parametrizations)",
-                        (f"{p}.original0", f"{p}.original1"),
-                    )
+                    _Tensor(entry.name, None, layout, None, f"effective weight unknown: {error}")
                 )
-            elif f"{p}.original" in keys:
-                w = state_dict[f"{p}.original"]
-                u, v = state_dict.get(f"{p}.0._u"), state_dict.get(f"{p}.0._v")
-                group = tuple(k for k in (f"{p}.original", f"{p}.0._u", f"{p}.0._v") if k in keys)
-                used.update(group)
-                out.append(
-                    _spectral_norm_tensor(
-                        name, w, u, v, "spectral_norm (parametrizations)", group, notes
-                    )
+                continue
+        for warning in caught:
+            if issubclass(warning.category, CheckpointWarning):
+                notes.append(str(warning.message))
+                found = re.search(
+                    r"spectral norm dim (\d+) read from u and v", str(warning.message)
                 )
-            continue
-        if leaf.endswith("_g") and f"{prefix}{leaf[:-2]}_v" in keys:
-            name = f"{prefix}{leaf[:-2]}"
-            group = (key, f"{name}_v")
-            used.update(group)
-            out.append(
-                _weight_norm_tensor(
-                    name, state_dict[key], state_dict[f"{name}_v"], "weight_norm (legacy)", group
+                dim = int(found.group(1)) if found else dim
+            else:
+                warnings.warn_explicit(
+                    warning.message, warning.category, warning.filename, warning.lineno
                 )
-            )
-            continue
-        if leaf.endswith("_orig"):
-            name = f"{prefix}{leaf[:-5]}"
-            group = tuple(k for k in (key, f"{name}_u", f"{name}_v") if k in keys)
-            used.update(group)
-            u, v = state_dict.get(f"{name}_u"), state_dict.get(f"{name}_v")
-            out.append(
-                _spectral_norm_tensor(
-                    name, state_dict[key], u, v, "spectral_norm (legacy)", group, notes
-                )
-            )
-            continue
-        if leaf.endswith(("_v", "_u")) and (
-            f"{prefix}{leaf[:-2]}_orig" in keys or f"{prefix}{leaf[:-2]}_g" in keys
-        ):
-            continue  # read with its _orig / _g sibling
-        out.append(_Tensor(key, state_dict[key], None, (key,)))
+        out.append(
+            _Tensor(entry.name, value, layout, dim if entry.kind == "spectral_norm" else None)
+        )
     return out, notes
-
-
-def _weight_norm_tensor(
-    name: str, g: torch.Tensor, v: torch.Tensor, layout: str, keys: tuple[str, ...]
-) -> _Tensor:
-    work = v.to(torch.float64 if v.dtype == torch.float64 else torch.float32)
-    kept = [
-        d
-        for d in range(v.ndim)
-        if g.ndim == v.ndim and g.shape[d] == v.shape[d] and g.shape[d] != 1
-    ]
-    if g.numel() == 1 or not kept:
-        norm = torch.linalg.vector_norm(work)  # one slice: the whole tensor's norm
-    else:
-        dim = kept[0]
-        norm = torch.linalg.vector_norm(
-            work, dim=[d for d in range(v.ndim) if d != dim], keepdim=True
-        )
-    return _Tensor(name, (g.to(work.dtype) * work / norm).to(v.dtype), layout, keys)
-
-
-def _spectral_norm_tensor(
-    name: str,
-    w: torch.Tensor,
-    u: torch.Tensor | None,
-    v: torch.Tensor | None,
-    layout: str,
-    keys: tuple[str, ...],
-    notes: list[str],
-) -> _Tensor:
-    work = w.to(torch.float64 if w.dtype == torch.float64 else torch.float32)
-    if w.ndim == 1:
-        return _Tensor(name, (work / torch.linalg.vector_norm(work)).to(w.dtype), layout, keys)
-    if u is None or v is None:
-        notes.append(
-            f"{name}: spectral norm without stored u, v; the values are of the stored weight before division"
-        )
-        return _Tensor(name, w, f"{layout}, not divided: u/v missing", keys)
-    dims = [
-        d for d in range(w.ndim) if w.shape[d] == u.numel() and w.numel() // w.shape[d] == v.numel()
-    ]
-    if not dims:
-        notes.append(
-            f"{name}: u and v do not match the weight's shape; the values are of the stored weight"
-        )
-        return _Tensor(name, w, f"{layout}, not divided: u/v mismatch", keys)
-    dim = dims[0]
-    if len(dims) > 1:
-        # The stored u is normalize(W_mat v) after torch's power steps: the right dim aligns them.
-        def alignment(d: int) -> float:
-            wv = torch.mv(weight_to_matrix(work, d), v.to(work.dtype))
-            return float(
-                torch.dot(wv, u.to(work.dtype)).abs()
-                / wv.norm().clamp_min(1e-30)
-                / u.norm().clamp_min(1e-30)
-            )
-
-        scores = sorted(((alignment(d), d) for d in dims), reverse=True)
-        dim = scores[0][1]
-        if scores[0][0] - scores[1][0] < 1e-3:
-            notes.append(
-                f"{name}: the spectral-norm dim is ambiguous from the shapes and u, v; dim={dim} assumed"
-            )
-    matrix = weight_to_matrix(work, dim)
-    sigma = torch.dot(u.to(work.dtype), torch.mv(matrix, v.to(work.dtype)))
-    return _Tensor(name, (work / sigma).to(w.dtype), f"{layout}, dim={dim}", keys)
 
 
 def state_dict_report(
@@ -919,10 +825,12 @@ def state_dict_report(
         k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
     }
     weights, notes = _effective_weights(tensors)
-    skipped = [
-        t.name for t in weights if not (t.value.is_floating_point() and 2 <= t.value.ndim <= 5)
-    ]
-    weights = [t for t in weights if t.value.is_floating_point() and 2 <= t.value.ndim <= 5]
+
+    def is_weight(t: _Tensor) -> bool:
+        return t.value is None or (t.value.is_floating_point() and 2 <= t.value.ndim <= 5)
+
+    skipped = [t.name for t in weights if not is_weight(t)]
+    weights = [t for t in weights if is_weight(t)]
     if skipped:
         notes.append(
             f"{len(skipped)} tensors skipped (biases, scales, statistics: not 2-5 axis floating weights)"
@@ -930,7 +838,7 @@ def state_dict_report(
     other = len(state_dict) - len(tensors)
     if other:
         notes.append(f"{other} entries are not tensors and were ignored")
-    if any(t.value.ndim > 2 for t in weights):
+    if any(t.value is not None and t.value.ndim > 2 for t in weights):
         notes.append(
             "conv weights: the operator sigma needs the stride, padding, dilation, groups and input "
             "size, which a state_dict does not store; inspect the model (module:attr with "
@@ -943,23 +851,21 @@ def state_dict_report(
         torch.manual_seed(seed)
         for i, t in enumerate(weights):
             w = t.value
+            if w is None:
+                estimates = {c: Estimate(c, None, None, None, t.error) for c in methods}
+                layers.append(LayerReport(t.name, "?", (), None, t.layout, estimates, -1))
+                continue
             is_matrix = w.ndim == 2
             kind = "Linear" if is_matrix else f"Conv{w.ndim - 2}d or ConvTranspose{w.ndim - 2}d"
             estimates = {}
             for column in methods:
                 method = "gram" if column == "bound" else column
                 if not is_matrix and method in ("power", "fft", "svd"):
-                    estimates[column] = Estimate(
-                        method,
-                        None,
-                        None,
-                        None,
-                        "needs the layer's stride, padding, dilation, groups and input size: not in a state_dict",
-                    )
+                    why = "needs the layer's stride, padding, dilation, groups and input size: not in a state_dict"
+                    estimates[column] = Estimate(method, None, None, None, why)
                     continue
-                estimates[column] = _estimate(
-                    lambda m=method, w=w: estimate_sigma(w, method=m), method
-                )
+                options = {"dim": t.dim} if method == "reshape" and t.dim is not None else {}
+                estimates[column] = _estimate(w, method, **options)
             layers.append(LayerReport(t.name, kind, tuple(w.shape), None, t.layout, estimates, -1))
             if on_layer is not None:
                 on_layer(i + 1, len(weights), t.name)

@@ -95,7 +95,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_state_dict(path: str) -> dict[str, Any]:
+def load_state_dict(path: str) -> Mapping[str, Any]:
     """Read a state_dict from a .pt/.pth/.bin/.ckpt (weights only) or .safetensors file.
 
     A checkpoint that nests it as {"state_dict": ...}, {"model": ...} or {"model_state_dict": ...}
@@ -151,7 +151,7 @@ def load_state_dict(path: str) -> dict[str, Any]:
             f"{path!r} holds no state_dict: expected a mapping of names to tensors (or one nested "
             f"under {', '.join(repr(k) for k in NESTED_KEYS)}), found {type(obj).__name__}."
         )
-    return dict(obj)
+    return obj  # as loaded: an OrderedDict keeps the _metadata legacy spectral norm needs
 
 
 def load_model(spec: str) -> nn.Module:
