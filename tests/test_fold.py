@@ -439,3 +439,21 @@ def test_fold_keeps_the_device(normalize, device):
     fold(layer)
     assert isinstance(layer.weight, nn.Parameter) and layer.weight.device.type == device
     assert layer.weight.shape == (4, 3, 3)
+
+
+class Failing(nn.Module):
+    """A parametrization whose forward fails: removing its chain must leave the module as it was."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            raise RuntimeError("eval forward refused")
+        return w
+
+
+def test_a_failed_remove_leaves_the_chain_in_its_mode():
+    layer = pn.spectral_norm(nn.Linear(3, 3))
+    parametrize.register_parametrization(layer, "weight", Failing())
+    with pytest.raises(RuntimeError, match="eval forward refused"):
+        remove(layer)
+    assert all(m.training for m in layer.parametrizations.weight.modules())
+    assert is_normalized(layer) and len(layer._load_state_dict_pre_hooks) == 1

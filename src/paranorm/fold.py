@@ -184,8 +184,14 @@ def _bake_parametrized(module: nn.Module, name: str) -> None:
     requires_grad = any(t.requires_grad for t in originals)
     members = list(chain)
     # Eval mode: spectral norm then uses its current u, v without a power step.
+    modes = [(m, m.training) for m in chain.modules()]
     chain.eval()
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    try:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    except Exception:
+        for m, training in modes:  # leave the module as it was
+            m.training = training
+        raise
     for member in members:
         handle = getattr(member, "_load_hook", None)
         if handle is not None:  # paranorm's legacy-key renamer
