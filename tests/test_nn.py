@@ -455,3 +455,31 @@ def test_encodec_names_import_from_paranorm_nn():
     assert set(names) <= set(pnn.__all__)
     assert pnn.apply_parametrization_norm is pn.apply_parametrization_norm
     assert pn.nn is pnn
+
+
+def test_pyproject_ignores_exactly_torchs_legacy_weight_norm_warning():
+    """Warnings are errors in this suite; the legacy weight_norm's FutureWarning is let through."""
+    torch.nn.utils.weight_norm(nn.Linear(2, 2))  # would raise if the filter did not match
+    with pytest.raises(FutureWarning):
+        warnings.warn("`torch.nn.utils.spectral_norm` is deprecated (made up)", FutureWarning)
+
+
+@pytest.mark.parametrize(
+    "ref_cls, cls, args, kwargs, shape", PAIRS, ids=lambda p: getattr(p, "__name__", "")
+)
+def test_weight_norm_trains_like_the_legacy_reference(ref_cls, cls, args, kwargs, shape):
+    """After loading, training continues with the same gradients on g and v."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    ref = ref_cls(*args, norm="weight_norm", **kwargs)
+    ours = cls(*args, norm="weight_norm", **kwargs)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    ref(x).square().sum().backward()
+    ours(x).square().sum().backward()
+    attr = "convtr" if "Transpose" in cls.__name__ else "conv"
+    theirs, mine = getattr(ref, attr), getattr(ours, attr).parametrizations.weight
+    torch.testing.assert_close(mine.original0.grad, theirs.weight_g.grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(mine.original1.grad, theirs.weight_v.grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(
+        getattr(ours, attr).bias.grad, theirs.bias.grad, rtol=1e-6, atol=1e-7
+    )
