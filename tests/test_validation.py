@@ -312,3 +312,18 @@ def test_another_tensor_of_a_normalized_module_can_be_normalized():
     module = pn.weight_norm(nn.Linear(3, 2))
     pn.weight_norm(module, name="bias", dim=None)
     assert set(module.parametrizations) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_plain_tensor_attribute(norm):
+    module = nn.Linear(2, 3)
+    module.scale = torch.randn(3)
+    check_refused(
+        module,
+        lambda m: NORMS[norm](m, name="scale"),
+        [
+            "Linear has no parameter or buffer named 'scale'",
+            "plain tensor attribute",
+            "register_buffer",
+        ],
+    )

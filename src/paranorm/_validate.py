@@ -47,12 +47,20 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
             f"normalizing one tensor twice is almost always a mistake. Remove it first with "
             f"paranorm.remove(module, {name!r}), then apply {norm}."
         )
-    tensor = getattr(module, name, None) if isinstance(name, str) else None
+    # Only registered tensors can be parametrized; a plain tensor attribute cannot.
+    registered = isinstance(name, str) and name in _tensor_names(module)
+    tensor = getattr(module, name, None) if registered else None
     if not isinstance(tensor, torch.Tensor):
         found = ", ".join(_tensor_names(module)) or "none"
+        fix = "Pass name= one of those."
+        if isinstance(name, str) and isinstance(getattr(module, name, None), torch.Tensor):
+            fix = (
+                f"{name!r} is a plain tensor attribute: register it first (module.register_buffer "
+                "or module.register_parameter), or pass name= one of those."
+            )
         raise ParanormError(
             f"{norm}: {type_before_parametrizations(module).__name__} has no parameter or buffer "
-            f"named {name!r} (found: {found}). Pass name= one of those."
+            f"named {name!r} (found: {found}). {fix}"
         )
     if isinstance(tensor, UninitializedParameter):
         raise ParanormError(
