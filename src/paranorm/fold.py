@@ -145,7 +145,7 @@ def _drop_load_pre_hooks(module: nn.Module, name: str) -> None:
     torch.nn.utils.parametrizations.weight_norm leaves a local function behind after
     remove_parametrizations (the module then cannot be pickled), and
     torch.nn.utils.remove_spectral_norm misses its own pre-hook (torch wraps it), which then
-    makes the plain module refuse its own state_dict.
+    makes the plain module ask for ``weight_orig`` when loading a plain state_dict.
     """
     for key, wrapped in list(module._load_state_dict_pre_hooks.items()):
         hook = getattr(wrapped, "hook", wrapped)
