@@ -141,8 +141,8 @@ def test_rendered_tables_show_the_independent_numbers(result: demo.DemoResult) -
         assert f"{value:.4g}" in text
     for norm in demo.NORMS:
         expected = by_hand("second", norm, STEPS, SEED)
-        assert f"{expected['sigma'].item():.6g}" in text
-        assert f"{expected['sigmas'][-1].item():.6g}" in text
+        assert f"{expected['sigma'].item():#.6g}" in text
+        assert f"{expected['sigmas'][-1].item():#.6g}" in text
     assert demo.seed_mistake(result).split()[-1] in text
 
 

@@ -318,7 +318,7 @@ def to_dict(result: DemoResult) -> dict[str, Any]:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.6g}"
+    return f"{x:#.6g}"
 
 
 def _fmt_tensor(t: torch.Tensor | None) -> str:
