@@ -274,8 +274,7 @@ def fold(model: nn.Module) -> nn.Module:
         ...                             pn.spectral_norm(torch.nn.Linear(4, 2))).eval()
         >>> x = torch.randn(5, 3)
         >>> before = model(x)
-        >>> from paranorm.fold import fold  # pn.fold is the same function
-        >>> model = fold(model)
+        >>> model = pn.fold(model)
         >>> torch.equal(model(x), before), sorted(model.state_dict()), pn.normalizations(model)
         (True, ['0.bias', '0.weight', '2.bias', '2.weight'], [])
     """
