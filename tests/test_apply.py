@@ -146,3 +146,10 @@ def test_register_norm_refuses_a_non_callable(registry):
     with pytest.raises(ParanormError, match="must be callable"):
         pn.register_norm("broken", 42)  # type: ignore[arg-type]
     assert "broken" not in registry
+
+
+@pytest.mark.parametrize("name", [None, 3, ""])
+def test_register_norm_refuses_a_name_that_is_not_a_string(registry, name):
+    with pytest.raises(ParanormError, match="name must be a non-empty str"):
+        pn.register_norm(name, pn.weight_norm)  # type: ignore[arg-type]
+    assert name not in registry

@@ -42,8 +42,14 @@ def register_norm(name: str, fn: NormFn, *, overwrite: bool = False) -> None:
     """Make ``apply_parametrization_norm(module, name, **kwargs)`` call ``fn(module, **kwargs)``.
 
     Raises:
-        ParanormError: ``name`` is taken and ``overwrite`` is False, or ``fn`` is not callable.
+        ParanormError: ``name`` is not a non-empty str, ``name`` is taken and ``overwrite`` is
+            False, or ``fn`` is not callable.
     """
+    if not isinstance(name, str) or not name:
+        raise ParanormError(
+            f"register_norm: name must be a non-empty str (apply_parametrization_norm looks "
+            f"norms up by string), got {name!r}. Pass e.g. register_norm('my_norm', fn)."
+        )
     if not callable(fn):
         raise ParanormError(f"register_norm: fn for {name!r} must be callable, got {fn!r}.")
     if name in PARAMETRIZATION_NORMS and not overwrite:
