@@ -103,7 +103,7 @@ def test_pt_checkpoint(capsys, tmp_path, nested) -> None:
     data = json.loads(out)
     rows = {layer["name"]: layer for layer in data["layers"]}
     assert list(rows) == ["0.weight", "2.weight", "5.weight"]
-    assert rows["2.weight"]["normalization"].startswith("spectral_norm (parametrizations)")
+    assert rows["2.weight"]["normalization"] == "spectral_norm (parametrizations, dim=0 from u, v)"
     linear = torch.linalg.matrix_norm(model[5].weight.detach().double(), ord=2).item()
     assert rows["5.weight"]["estimates"]["power"]["value"] == pytest.approx(linear, rel=1e-4)
     assert rows["5.weight"]["certified_bound"] >= linear * (1 - 1e-6)

@@ -299,7 +299,7 @@ def test_effective_weights_of_every_layout_match_torch_in_eval_mode() -> None:
     assert weights["0.weight"].layout == "weight_norm (legacy, dim=0)"
     assert weights["1.weight"].layout == "spectral_norm (legacy, dim=0)"
     assert weights["2.weight"].layout == "weight_norm (parametrizations)"
-    assert weights["3.weight"].layout == "spectral_norm (parametrizations)"
+    assert weights["3.weight"].layout == "spectral_norm (parametrizations, dim=1 from u, v)"
     assert weights["3.weight"].dim == 1  # square ConvTranspose weight: dim read from u, v
 
 

@@ -633,7 +633,7 @@ def lipschitz_report(
     Example:
         >>> import torch, paranorm as pn
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-        >>> report = pn.lipschitz_report(net, torch.randn(1, 4), methods=("reshape", "svd"))
+        >>> report = pn.lipschitz_report(net, torch.randn(1, 4))
         >>> [layer.name for layer in report.layers], report.network.holds
         (['0', '2'], True)
         >>> w0, w2 = (torch.linalg.matrix_norm(m.weight.detach(), ord=2) for m in (net[0], net[2]))
@@ -778,7 +778,9 @@ def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_Te
                 found = re.search(
                     r"spectral norm dim (\d+) read from u and v", str(warning.message)
                 )
-                dim = int(found.group(1)) if found else dim
+                if found:
+                    dim = int(found.group(1))
+                    layout = f"{entry.kind} ({entry.layout}, dim={dim} from u, v)"
             else:
                 warnings.warn_explicit(
                     warning.message, warning.category, warning.filename, warning.lineno
@@ -843,8 +845,8 @@ def state_dict_report(
             "conv weights: the operator sigma needs the stride, padding, dilation, groups and input "
             "size, which a state_dict does not store; inspect the model (module:attr with "
             "--input-shape) for those. Their bound holds for zero or circular padding at any stride, "
-            "dilation, groups and input size, not for reflect/replicate padding. Their reshape sigma "
-            "is taken with dim=0 (torch uses dim=1 for ConvTranspose)"
+            "dilation, groups and input size, not for reflect/replicate padding. A plain conv "
+            "weight's reshape sigma is taken with dim=0 (torch uses dim=1 for ConvTranspose)"
         )
     layers = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -856,7 +858,7 @@ def state_dict_report(
                 layers.append(LayerReport(t.name, "?", (), None, t.layout, estimates, -1))
                 continue
             is_matrix = w.ndim == 2
-            kind = "Linear" if is_matrix else f"Conv{w.ndim - 2}d or ConvTranspose{w.ndim - 2}d"
+            kind = "Linear" if is_matrix else f"Conv{w.ndim - 2}d/ConvT{w.ndim - 2}d"
             estimates = {}
             for column in methods:
                 method = "gram" if column == "bound" else column
