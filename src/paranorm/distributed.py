@@ -1,0 +1,89 @@
+"""Normalized models on torch.distributed: what works, what is refused, and one helper.
+
+What paranorm guarantees (tested on CPU with gloo, 2 processes, in tests/test_distributed.py):
+
+- DDP (``torch.nn.parallel.DistributedDataParallel``): weight norm and spectral norm train as
+  a single process would on the global batch. DDP all-reduces the gradients of g, v and the
+  spectral norm's ``original``; the power-iteration state u, v are buffers. With
+  ``broadcast_buffers=True`` (DDP's default) rank 0's buffers overwrite every other rank's at
+  the start of each forward, before the power step: u, v are then identical on every rank by
+  construction, for one small broadcast per forward. With ``broadcast_buffers=False`` they stay
+  identical only because every rank runs the same deterministic power step on the same weight
+  from the same start (DDP broadcasts buffers once at construction); a rank whose u, v were
+  changed (a checkpoint loaded on one rank only, a nondeterministic kernel) keeps its own and
+  normalizes by a slightly different sigma. paranorm recommends the default,
+  ``broadcast_buffers=True``; turn it off only for speed, and then load checkpoints on every
+  rank. Normalize before wrapping: weight norm creates new parameters that a DDP built
+  earlier does not know.
+- FSDP2 (``torch.distributed.fsdp.fully_shard``): normalize first, then shard. FSDP gathers
+  the full g, v (or ``original``) before each forward, so the parametrization sees whole
+  tensors; u, v are buffers and are not sharded. :func:`fully_shard` does that with one FSDP
+  unit per normalized layer and one for the root.
+- Normalizing a module whose parameters are already sharded (DTensor) is refused at
+  registration (:func:`check_not_sharded`): torch's own weight_norm/spectral_norm fail there
+  in the forward with "mixed torch.Tensor and DTensor" or a clamp_min_ placement error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
+
+from ._base import normalized_names
+from .errors import ParanormError
+
+__all__ = ["check_not_sharded", "fully_shard", "is_sharded"]
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a parameter already sharded by FSDP2 or tensor parallel)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def check_not_sharded(module: nn.Module, name: str, norm: str, tensor: torch.Tensor) -> None:
+    """Raise if ``module.<name>`` is sharded: normalizations must be applied before sharding."""
+    if is_sharded(tensor):
+        raise ParanormError(
+            f"{norm}: {type_before_parametrizations(module).__name__}.{name} is already sharded (a DTensor, e.g. by "
+            "torch.distributed.fsdp.fully_shard); the normalization needs the whole tensor at "
+            f"registration. Apply {norm} first, then shard (paranorm.distributed.fully_shard "
+            "does both in that order)."
+        )
+
+
+def fully_shard(model: nn.Module, **fsdp_kwargs: Any) -> nn.Module:
+    """Shard a normalized model with FSDP2: one unit per normalized layer, then the root.
+
+    Each normalized layer (paranorm's, torch's or torch's legacy hooks) becomes its own FSDP
+    unit, so its full weight exists only around its own forward and backward. ``fsdp_kwargs``
+    go to :func:`torch.distributed.fsdp.fully_shard` unchanged (``mesh``, ``mp_policy``, ...).
+    Needs an initialized process group.
+
+    Raises:
+        ParanormError: no process group, or a parameter of ``model`` is already sharded.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ParanormError(
+            "fully_shard: torch.distributed is not initialized; call "
+            "torch.distributed.init_process_group(...) (or run under torchrun) first."
+        )
+    for path, param in model.named_parameters():
+        if is_sharded(param):
+            raise ParanormError(
+                f"fully_shard: parameter {path} of {type(model).__name__} is already sharded; "
+                "pass the unsharded model (normalize, then call fully_shard once)."
+            )
+    from torch.distributed.fsdp import fully_shard as torch_fully_shard
+
+    for module in model.modules():
+        if module is not model and normalized_names(module):
+            torch_fully_shard(module, **fsdp_kwargs)
+    torch_fully_shard(model, **fsdp_kwargs)
+    return model
