@@ -8,6 +8,7 @@ from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from ._base import find_normalization
+from .distributed import check_not_sharded
 from .errors import AlreadyNormalizedError, ParanormError
 
 
@@ -67,6 +68,7 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
             f"{norm}: {where} is a lazy, uninitialized parameter. Run one forward pass "
             "(or module.initialize_parameters(...)) first, then normalize."
         )
+    check_not_sharded(module, name, norm, tensor)
     if not tensor.is_floating_point():
         raise ParanormError(
             f"{norm}: {where} has dtype {tensor.dtype}; only floating-point tensors can be "
