@@ -374,3 +374,14 @@ def test_assigning_the_weight_sets_the_original():
     assert torch.equal(original(ours), target)
     u, v = uv(ours)
     torch.testing.assert_close(ours.weight, target / torch.dot(u, target @ v))
+
+
+def test_torch_remove_parametrizations_bakes_the_effective_weight():
+    _, ours, x = twins("conv1d", seed=18)
+    ours.eval()
+    effective = ours.weight.detach().clone()
+    y = ours(x)
+    torch.nn.utils.parametrize.remove_parametrizations(ours, "weight")
+    assert type(ours) is nn.Conv1d
+    assert torch.equal(ours.weight, effective)
+    assert torch.equal(ours(x), y)

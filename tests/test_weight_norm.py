@@ -314,3 +314,13 @@ def test_eps_positive_gradients_match_torch():
     theirs(x).square().sum().backward()
     for a, b in zip(theirs.parameters(), ours.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_torch_remove_parametrizations_bakes_the_effective_weight():
+    _, ours = twins("conv1d", 0)
+    with torch.no_grad():
+        g_v(ours)[0].mul_(0.5)
+    effective = ours.weight.detach().clone()
+    torch.nn.utils.parametrize.remove_parametrizations(ours, "weight")
+    assert type(ours) is nn.Conv1d
+    assert torch.equal(ours.weight, effective)
