@@ -88,7 +88,7 @@ def test_importable_module_spec_table_and_plot(capsys, model_file, monkeypatch, 
     )
     assert code == 0, err
     assert "Lipschitz report" in out and "network Lipschitz bound" in out
-    assert "spectral_norm" in out and "certified bound" in out
+    assert "spectral_norm" in out and "operator σ" in out and "≤" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -61,6 +61,7 @@ _COLUMN_TITLES = {
     "svd": "svd σ",
     "bound": "certified bound",
 }
+_TABLE_TITLES = {**_COLUMN_TITLES, "power": "operator σ", "bound": "bound"}
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -191,7 +192,7 @@ class LipschitzReport:
         for title in ("layer", "type", "input", "normalization"):
             table.add_column(title, overflow="fold")
         for column in self.methods:
-            table.add_column(_COLUMN_TITLES[column], justify="right", no_wrap=True)
+            table.add_column(_TABLE_TITLES[column], justify="right", no_wrap=True)
         for layer in self.layers:
             cells: list[Any] = [
                 layer.name,
@@ -221,8 +222,9 @@ class LipschitzReport:
         yield self.table()
         yield Text(
             "≥x: a lower estimate (sigma is at least x); =x: exact; ≤x: a certified upper bound. "
-            "reshape σ is the reshaped kernel's (Miyato 2018, what torch's spectral_norm divides "
-            "by): for a conv it is not the layer's Lipschitz constant.",
+            "reshape σ: the reshaped kernel's (Miyato 2018, what torch's spectral_norm divides "
+            "by), for a conv not the layer's Lipschitz constant; operator σ: the layer's map at "
+            "its input shape, by power iteration; bound: gram, or fft where exact.",
             style="dim",
         )
         if self.network.holds:
