@@ -193,6 +193,27 @@ def test_one_lipschitz_pooling_and_nested_sequential_keep_the_chain() -> None:
     )
 
 
+def test_several_inputs_and_custom_sequential_forward_get_no_chain_bound() -> None:
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(y)
+
+    report = pn.lipschitz_report(TwoInputs(), (torch.randn(1, 3), torch.randn(1, 4)))
+    assert [layer.input_shape for layer in report.layers] == [(3,), (4,)]
+    assert not report.network.holds and "several inputs" in report.network.statement
+
+    class Doubling(nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    report = pn.lipschitz_report(Doubling(nn.Linear(3, 3)), torch.randn(1, 3))
+    assert not report.network.holds and "overrides Sequential.forward" in report.network.statement
+
+
 def test_layer_called_twice_breaks_the_chain() -> None:
     layer = nn.Linear(4, 4)
     model = nn.Sequential(layer, nn.ReLU(), layer)
