@@ -36,6 +36,7 @@ from torch.nn.utils import parametrizations as P
 import paranorm as pn
 
 IMPLS = ("legacy", "parametrizations", "paranorm", "plain")
+#: HiFi-GAN's leaky ReLU slope, written as a literal 0.1 in forward() so TorchScript compiles it.
 LRELU_SLOPE = 0.1
 
 
@@ -78,8 +79,8 @@ class ResBlock1(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2):
-            y = c1(F.leaky_relu(x, LRELU_SLOPE))
-            x = x + c2(F.leaky_relu(y, LRELU_SLOPE))
+            y = c1(F.leaky_relu(x, 0.1))
+            x = x + c2(F.leaky_relu(y, 0.1))
         return x
 
 
@@ -98,24 +99,23 @@ class Generator(nn.Module):
         super().__init__()
         self.conv_pre = normalize(nn.Conv1d(n_mels, channels, 7, 1, padding=3), "weight_norm", impl)
         self.ups = nn.ModuleList()
-        self.resblocks = nn.ModuleList()
+        self.resblocks = nn.ModuleList()  # one ModuleList of len(kernels) blocks per upsampler
         for i, rate in enumerate(rates):
             cin, cout = channels // 2**i, channels // 2 ** (i + 1)
             self.ups.append(
                 normalize(nn.ConvTranspose1d(cin, cout, 2 * rate, rate, padding=rate // 2 + rate % 2, output_padding=rate % 2), "weight_norm", impl)
             )
-            for k in kernels:
-                self.resblocks.append(ResBlock1(cout, k, dilations, impl))
+            self.resblocks.append(nn.ModuleList(ResBlock1(cout, k, dilations, impl) for k in kernels))
         self.num_kernels = len(kernels)
         self.conv_post = normalize(nn.Conv1d(channels // 2 ** len(rates), 1, 7, 1, padding=3), "weight_norm", impl)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(x)
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            xs = self.resblocks[i * self.num_kernels](x)
-            for j in range(1, self.num_kernels):
-                xs = xs + self.resblocks[i * self.num_kernels + j](x)
+        for up, blocks in zip(self.ups, self.resblocks):
+            x = up(F.leaky_relu(x, 0.1))
+            xs = torch.zeros_like(x)  # multi-receptive-field fusion: the mean of the blocks
+            for block in blocks:
+                xs = xs + block(x)
             x = xs / self.num_kernels
         return torch.tanh(self.conv_post(F.leaky_relu(x)))
 
@@ -141,7 +141,7 @@ class DiscriminatorP(nn.Module):
         x = x.view(b, c, t // self.period, self.period)
         features = []
         for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            x = F.leaky_relu(conv(x), 0.1)
             features.append(x.flatten(1))
         features.append(self.conv_post(x).flatten(1))
         return torch.cat(features, dim=1)
@@ -174,7 +174,7 @@ class DiscriminatorS(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = []
         for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            x = F.leaky_relu(conv(x), 0.1)
             features.append(x.flatten(1))
         features.append(self.conv_post(x).flatten(1))
         return torch.cat(features, dim=1)
@@ -188,13 +188,13 @@ class MultiScaleDiscriminator(nn.Module):
         self.discriminators = nn.ModuleList(
             [DiscriminatorS(impl, "spectral_norm"), DiscriminatorS(impl, "weight_norm"), DiscriminatorS(impl, "weight_norm")]
         )
-        self.meanpools = nn.ModuleList([nn.AvgPool1d(4, 2, padding=2), nn.AvgPool1d(4, 2, padding=2)])
+        self.meanpool = nn.AvgPool1d(4, 2, padding=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = []
         for i, d in enumerate(self.discriminators):
             if i > 0:
-                x = self.meanpools[i - 1](x)
+                x = self.meanpool(x)
             outputs.append(d(x))
         return torch.cat(outputs, dim=1)
 
@@ -202,17 +202,28 @@ class MultiScaleDiscriminator(nn.Module):
 # ----------------------------------------------------------------------------- EnCodec SEANet
 
 
-class NormConv(nn.Module):
-    """EnCodec's NormConv1d/NormConvTranspose1d layout: the layer as ``self.<attr>``, then ``self.norm``."""
+class NormConv1d(nn.Module):
+    """EnCodec's NormConv1d layout: the conv as ``self.conv``, then ``self.norm``."""
 
-    def __init__(self, layer: nn.Module, impl: str, attr: str) -> None:
+    def __init__(self, *args, impl: str, **kwargs) -> None:
         super().__init__()
-        setattr(self, attr, normalize(layer, "weight_norm", impl))
+        self.conv = normalize(nn.Conv1d(*args, **kwargs), "weight_norm", impl)
         self.norm = nn.Identity()
-        self.attr = attr
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(getattr(self, self.attr)(x))
+        return self.norm(self.conv(x))
+
+
+class NormConvTranspose1d(nn.Module):
+    """EnCodec's NormConvTranspose1d layout: the layer as ``self.convtr``, then ``self.norm``."""
+
+    def __init__(self, *args, impl: str, **kwargs) -> None:
+        super().__init__()
+        self.convtr = normalize(nn.ConvTranspose1d(*args, **kwargs), "weight_norm", impl)
+        self.norm = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.convtr(x))
 
 
 def norm_conv(impl: str, *args, transposed: bool = False, **kwargs) -> nn.Module:
@@ -220,8 +231,7 @@ def norm_conv(impl: str, *args, transposed: bool = False, **kwargs) -> nn.Module
     if impl == "paranorm":
         cls = pn.nn.NormConvTranspose1d if transposed else pn.nn.NormConv1d
         return cls(*args, norm="weight_norm", **kwargs)
-    layer = (nn.ConvTranspose1d if transposed else nn.Conv1d)(*args, **kwargs)
-    return NormConv(layer, impl, "convtr" if transposed else "conv")
+    return (NormConvTranspose1d if transposed else NormConv1d)(*args, impl=impl, **kwargs)
 
 
 class SConv1d(nn.Module):

@@ -7,6 +7,7 @@ can refuse to normalize a tensor twice, fold any of them, and list them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -25,6 +26,17 @@ class Normalization(nn.Module):
     """Base class of paranorm's parametrizations; ``kind`` says which normalization it is."""
 
     kind: ClassVar[Kind]
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        # torch.jit.script calls this on every submodule before compiling; parametrizations
+        # cannot be compiled (torch's own error is cryptic), so say what to do instead.
+        from .errors import ParanormError
+
+        raise ParanormError(
+            f"torch.jit.script cannot compile a parametrized module ({self.kind}, "
+            f"{type(self).__name__}). Fold the normalizations into plain weights first: "
+            "paranorm.fold(model), then script; torch.jit.trace and torch.export also work unfolded."
+        )
 
 
 @dataclass(frozen=True)
@@ -86,3 +98,16 @@ def normalized_names(module: nn.Module) -> list[str]:
 def float32_or_wider(t: torch.Tensor) -> torch.dtype:
     """The dtype to compute norms in: float32 for half types, the tensor's own otherwise."""
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Turn autocast off on ``t``'s device, if it is on: norms and sigma stay in float32 or wider.
+
+    Under CUDA autocast torch.mv, linear and conv run in float16, which would put the power
+    iteration and the sigma estimators in half precision.
+    """
+    try:
+        enabled = torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:  # a device type autocast does not know (e.g. meta)
+        enabled = False
+    return torch.autocast(t.device.type, enabled=False) if enabled else contextlib.nullcontext()
