@@ -214,6 +214,17 @@ def test_several_inputs_and_custom_sequential_forward_get_no_chain_bound() -> No
     assert not report.network.holds and "overrides Sequential.forward" in report.network.statement
 
 
+def test_no_certified_column_means_no_chain_bound_and_weightless_norms_are_skipped() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    report = pn.lipschitz_report(model, torch.randn(1, 3), methods=("reshape", "power"))
+    assert not report.network.holds
+    assert "methods has none of bound, gram, fft, svd" in report.network.statement
+    plain_norm = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4, elementwise_affine=False))
+    assert [layer.name for layer in pn.lipschitz_report(plain_norm, torch.randn(1, 3)).layers] == [
+        "0"
+    ]
+
+
 def test_layer_called_twice_breaks_the_chain() -> None:
     layer = nn.Linear(4, 4)
     model = nn.Sequential(layer, nn.ReLU(), layer)

@@ -404,8 +404,8 @@ def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if ".parametrizations" in f".{path}" or isinstance(module, parametrize.ParametrizationList):
             continue
         has_weight = (
-            "weight" in module._parameters
-            or "weight" in module._buffers
+            module._parameters.get("weight") is not None
+            or module._buffers.get("weight") is not None
             or parametrize.is_parametrized(module, "weight")
             or find_normalization(module, "weight") is not None
         )
@@ -515,8 +515,12 @@ def _chain_bound(
             layer = by_name.get(path or "(model)")
             bound = None if layer is None else layer.bound
             if bound is None:
+                certified = [
+                    m for m in ("bound", "gram", "fft", "svd") if layer and m in layer.estimates
+                ]
+                why = "see its notes" if certified else "methods has none of bound, gram, fft, svd"
                 return NetworkBound(
-                    None, False, f"layer {path or '(model)'} has no certified sigma (see its notes)"
+                    None, False, f"layer {path or '(model)'} has no certified sigma ({why})"
                 )
             product *= bound.value  # type: ignore[operator]
             n_layers += 1
