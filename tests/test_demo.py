@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +24,7 @@ import paranorm as pn
 from paranorm import demo
 from paranorm.cli import main
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 STEPS = 25
 SEED = 3
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,6 +132,7 @@ def test_spectral_norm_is_real_and_weight_norm_is_not(result: demo.DemoResult) -
     line = demo.seed_mistake(result)
     assert "import torch.nn.utils.weight_norm as spectral_norm" in line
     assert f"{wn.after.sigma:.6g}" in line and f"{sn.after.sigma:.6f}" in line
+    assert "\n" not in line
 
 
 def test_rendered_tables_show_the_independent_numbers(result: demo.DemoResult) -> None:
@@ -199,3 +204,30 @@ def test_bad_input_is_a_clear_error(result: demo.DemoResult, tmp_path, capsys) -
         with pytest.raises(SystemExit) as exit_info:
             main(["demo", *argv])
         assert exit_info.value.code == 2
+
+
+def _readme_block(after: str, fence: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    text = text[text.index(after) :]
+    start = text.index(fence) + len(fence)
+    return text[start : text.index("```", start)]
+
+
+def _lines(text: str) -> list[str]:
+    return [re.sub(r"computed in [0-9.]+ s", "computed in T s", line.rstrip()) for line in text.splitlines()]
+
+
+def test_readme_output_is_a_real_default_run() -> None:
+    # The README pastes `paranorm demo --plot docs/demo.png`; rerun it (80 columns, as piped).
+    pasted = _lines(_readme_block("The output of `paranorm demo --plot docs/demo.png`", "```text\n"))
+    buffer = io.StringIO()
+    demo.render(demo.run_demo(), Console(file=buffer, width=80, color_system=None))
+    assert pasted[-1] == "plot written to docs/demo.png"
+    assert pasted[:-1] == _lines(buffer.getvalue())
+
+
+def test_readme_quick_start_runs(tmp_path, capsys) -> None:
+    script = tmp_path / "quick_start.py"
+    script.write_text(_readme_block("## Quick start", "```python\n"), encoding="utf-8")
+    runpy.run_path(str(script))
+    assert "weight_norm" in capsys.readouterr().out

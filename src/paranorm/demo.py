@@ -269,9 +269,9 @@ def seed_mistake(result: DemoResult) -> str:
     wn = result.run("second", "weight_norm")
     sn = result.run("second", "spectral_norm")
     return (
-        "The seed's 'spectral_norm' code did `import torch.nn.utils.weight_norm as "
-        f"spectral_norm`, so it ran weight norm: sigma stays {wn.after.sigma:.6g} (as without a "
-        f"norm: {plain.after.sigma:.6g}), where a real spectral norm gives {sn.after.sigma:.6f}."
+        "The seed's mistake: `import torch.nn.utils.weight_norm as spectral_norm` ran weight "
+        f"norm, so sigma stayed {wn.after.sigma:.6g} (no norm: {plain.after.sigma:.6g}); a real "
+        f"spectral norm gives {sn.after.sigma:.6f}."
     )
 
 
@@ -344,7 +344,8 @@ def render(result: DemoResult, console: Console | None = None) -> None:
     console.print(
         f"[bold]paranorm demo[/bold]: the seed's two Linear(2, 3) experiments, seed={result.seed}, "
         f"{result.steps} Adam steps per run, loss = 1 - output.mean(); computed in "
-        f"{result.seconds:.2f} s"
+        f"{result.seconds:.2f} s",
+        soft_wrap=True,
     )
 
     wn = result.run("first", "weight_norm")
@@ -384,7 +385,7 @@ def render(result: DemoResult, console: Console | None = None) -> None:
             end_section=True,
         )
     console.print(table)
-    console.print(seed_mistake(result))
+    console.print(seed_mistake(result), soft_wrap=True)  # one line, however wide
 
     table = Table(
         title="(c) none vs weight_norm vs spectral_norm on the same data",

@@ -81,5 +81,5 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     render(result, console)
     if path is not None:
-        console.print(f"plot written to {path}")
+        console.print(f"plot written to {path}", soft_wrap=True, markup=False, highlight=False)
     return 0
