@@ -386,6 +386,39 @@ def oracle_1d(module: nn.Conv1d, shape: tuple[int, int]) -> float:
     return torch.linalg.matrix_norm(out.reshape(n, -1), ord=2).item()
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"groups": 2},
+        {"dilation": 2, "padding": 2},
+        {"padding": 1, "padding_mode": "circular"},
+        {"transposed": True, "stride": 2, "padding": 1},
+        {"transposed": True, "groups": 2, "output_padding": 1, "stride": 2},
+    ],
+)
+def test_weight_only_conv_bound_covers_stride_dilation_groups_circular_transposed(layer) -> None:
+    """The state_dict bound (gram of the weight as a dense stride-1 conv) holds for each reading."""
+    torch.manual_seed(0)
+    weight = torch.randn(4, 2, 3)
+    (row,) = pn.state_dict_report({"c.weight": weight}, methods=("bound",)).layers
+    layer = dict(layer)
+    transposed = layer.pop("transposed", False)
+    groups, padding_mode = layer.get("groups", 1), layer.pop("padding_mode", "zeros")
+    n = 10
+    channels = weight.shape[0] if transposed else weight.shape[1] * groups
+    basis = torch.eye(channels * n, dtype=torch.float64).reshape(-1, channels, n)
+    w = weight.double()
+    if transposed:
+        out = F.conv_transpose1d(basis, w, None, **layer)
+    elif padding_mode == "circular":
+        pad = layer.pop("padding")
+        out = F.conv1d(F.pad(basis, (pad, pad), mode="circular"), w, None, **layer)
+    else:
+        out = F.conv1d(basis, w, None, **layer)
+    truth = torch.linalg.matrix_norm(out.reshape(channels * n, -1), ord=2).item()
+    assert row.bound.value >= truth * (1 - 1e-6)
+
+
 def test_state_dict_report_rejects_a_non_mapping() -> None:
     with pytest.raises(pn.ParanormError, match="mapping of names to tensors"):
         pn.state_dict_report([torch.ones(2, 2)])  # type: ignore[arg-type]
