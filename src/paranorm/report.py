@@ -672,19 +672,12 @@ def lipschitz_report(
         call_log.append(path)
         shapes.setdefault(path, []).append(_sample_shape(module, args[0]) if args else None)
 
-    devices = sorted(
-        {
-            p.device.index
-            for p in model.parameters()
-            if p.device.type == "cuda" and p.device.index is not None
-        }
-    )
     with ExitStack() as stack:
         handles = [module.register_forward_pre_hook(pre_hook) for module in model.modules()]
         for handle in handles:
             stack.callback(handle.remove)
         stack.callback(_restore, model, training, buffers)
-        stack.enter_context(torch.random.fork_rng(devices=devices))
+        stack.enter_context(torch.random.fork_rng(devices=_cuda_devices()))
         stack.enter_context(torch.no_grad())
         torch.manual_seed(seed)
         model.eval()
@@ -720,6 +713,11 @@ def lipschitz_report(
     if unreached:
         notes.append(f"example_input never reached {', '.join(unreached)}")
     return LipschitzReport(type(model).__name__, methods, tuple(layers), network, tuple(notes))
+
+
+def _cuda_devices() -> list[int]:
+    """Every CUDA device: torch.manual_seed seeds them all, so all their RNGs are saved too."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 @torch.no_grad()
@@ -855,7 +853,7 @@ def state_dict_report(
             "weight's reshape sigma is taken with dim=0 (torch uses dim=1 for ConvTranspose)"
         )
     layers = []
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
         torch.manual_seed(seed)
         for i, t in enumerate(weights):
             w = t.value
