@@ -200,6 +200,9 @@ def test_bad_input_is_a_clear_error(result: demo.DemoResult, tmp_path, capsys) -
         demo.plot(result, missing)
     assert main(["demo", "--steps", "2", "--plot", str(missing)]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["demo", "--steps", "2", "--plot", str(tmp_path)]) == 1
+    assert "it is a folder" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
     for argv in (["--steps", "0"], ["--seed", "x"], ["--plot", "a.png", "--no-plot"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["demo", *argv])

@@ -426,16 +426,21 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
     the effective weight, log scale.
 
     Raises:
-        ParanormError: the folder of ``path`` does not exist.
+        ParanormError: ``path`` is a folder, or its folder does not exist.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    target = Path(path)
+    target = Path(path).expanduser()
     folder = target.parent
+    if target.is_dir():
+        raise ParanormError(
+            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: it is a folder. Pass a file path, "
+            f"e.g. {str(target / DEFAULT_PLOT)!r}."
+        )
     if not folder.is_dir():
         raise ParanormError(
-            f"demo: cannot write the plot to {str(target)!r}: folder {str(folder)!r} does not "
+            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: folder {str(folder)!r} does not "
             "exist. Create it first or pass another --plot path."
         )
     # none drawn wide underneath: where weight_norm (dashed) computes the same function, both show.
