@@ -187,6 +187,7 @@ def test_weights_loads_a_checkpoint_into_the_model(capsys, tmp_path, model_file)
             "importing 'no_such_package_xyz' failed",
         ),
         (["{tmp}/ckpt.txt"], "unknown checkpoint suffix"),
+        (["{model}"], "name the model or its factory in it"),
         (["{tmp}/garbage.pt"], "could not be read with torch.load(weights_only=True)"),
         (["{tmp}/garbage.safetensors"], "not a readable .safetensors file"),
         (["{tmp}/empty.pt"], "holds no state_dict"),

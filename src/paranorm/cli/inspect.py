@@ -136,6 +136,10 @@ def load_state_dict(path: str) -> Mapping[str, Any]:
                 f"{path!r} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
                 "Save a state_dict (torch.save(model.state_dict(), path)); pickled modules are refused."
             ) from None
+    elif suffix == ".py":
+        raise ParanormError(
+            f"{path!r} is Python source; name the model or its factory in it: {path}:make_model."
+        )
     else:
         raise ParanormError(
             f"{path!r}: unknown checkpoint suffix {suffix or '(none)'!r}; expected "
