@@ -435,13 +435,13 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
     folder = target.parent
     if target.is_dir():
         raise ParanormError(
-            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: it is a folder. Pass a file path, "
-            f"e.g. {str(target / DEFAULT_PLOT)!r}."
+            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: it is a folder. "
+            f"Pass a file path, e.g. {str(target / DEFAULT_PLOT)!r}."
         )
     if not folder.is_dir():
         raise ParanormError(
-            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: folder {str(folder)!r} does not "
-            "exist. Create it first or pass another --plot path."
+            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: folder "
+            f"{str(folder)!r} does not exist. Create it first or pass another --plot path."
         )
     # none drawn wide underneath: where weight_norm (dashed) computes the same function, both show.
     styles: dict[str, dict[str, Any]] = {
