@@ -217,12 +217,14 @@ def _readme_block(after: str, fence: str) -> str:
 
 
 def _lines(text: str) -> list[str]:
-    return [re.sub(r"computed in [0-9.]+ s", "computed in T s", line.rstrip()) for line in text.splitlines()]
+    timing = re.compile(r"computed in [0-9.]+ s")
+    return [timing.sub("computed in T s", line.rstrip()) for line in text.splitlines()]
 
 
 def test_readme_output_is_a_real_default_run() -> None:
     # The README pastes `paranorm demo --plot docs/demo.png`; rerun it (80 columns, as piped).
-    pasted = _lines(_readme_block("The output of `paranorm demo --plot docs/demo.png`", "```text\n"))
+    block = _readme_block("The output of `paranorm demo --plot docs/demo.png`", "```text\n")
+    pasted = _lines(block)
     buffer = io.StringIO()
     demo.render(demo.run_demo(), Console(file=buffer, width=80, color_system=None))
     assert pasted[-1] == "plot written to docs/demo.png"
