@@ -114,8 +114,10 @@ def test_before_is_the_seed_layer(result: demo.DemoResult) -> None:
     # The weight is still g v / ||v|| after training.
     v = wn.after.v.double()
     torch.testing.assert_close(
-        wn.after.weight.double(), wn.after.g.double() * v / v.norm(dim=1, keepdim=True),
-        rtol=1e-6, atol=1e-9,
+        wn.after.weight.double(),
+        wn.after.g.double() * v / v.norm(dim=1, keepdim=True),
+        rtol=1e-6,
+        atol=1e-9,
     )
 
 

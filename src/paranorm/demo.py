@@ -381,7 +381,10 @@ def render(result: DemoResult, console: Console | None = None) -> None:
     for norm in NORMS:
         r = result.run(second.key, norm)
         table.add_row(
-            norm, _fmt(r.before.sigma), _fmt(r.after.sigma), _fmt_tensor(r.after.weight),
+            norm,
+            _fmt(r.before.sigma),
+            _fmt(r.after.sigma),
+            _fmt_tensor(r.after.weight),
             end_section=True,
         )
     console.print(table)
@@ -461,19 +464,23 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
             steps = torch.arange(1, r.steps + 1)
             loss_ax.plot(steps, r.losses, color=style["color"], alpha=0.15, linewidth=0.5)
             smooth = _moving_average(r.losses, window)
-            loss_ax.plot(steps[steps.numel() - smooth.numel():], smooth, label=r.norm, **style)
-            sigma_ax.plot(steps, r.sigmas, label=f"{r.norm}: last σ = {float(r.sigmas[-1]):.4g}",
-                          **style)
+            loss_ax.plot(steps[steps.numel() - smooth.numel() :], smooth, label=r.norm, **style)
+            sigma_ax.plot(
+                steps, r.sigmas, label=f"{r.norm}: last σ = {float(r.sigmas[-1]):.4g}", **style
+            )
         scale = "randn(10,2)·U(0,1)·10" if layer.scaled else "randn(10,2)"
-        loss_ax.set_title(f"{layer.title}: loss = 1 − mean(output), Adam(lr={layer.lr:g}), "
-                          f"x = {scale}", fontsize=9)
+        loss_ax.set_title(
+            f"{layer.title}: loss = 1 − mean(output), Adam(lr={layer.lr:g}), x = {scale}",
+            fontsize=9,
+        )
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel(
             f"loss (lines: mean of {window} steps; faint: each step)" if window > 1 else "loss"
         )
         loss_ax.legend(fontsize=8)
-        sigma_ax.set_title(f"{layer.title}: σ = largest singular value of the effective weight",
-                           fontsize=9)
+        sigma_ax.set_title(
+            f"{layer.title}: σ = largest singular value of the effective weight", fontsize=9
+        )
         low = min(float(r.sigmas.min()) for r in runs)
         high = max(float(r.sigmas.max()) for r in runs)
         if low > 0 and high / low > 10:

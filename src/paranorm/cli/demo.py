@@ -45,21 +45,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--steps", type=_positive_int, default=DEFAULT_STEPS,
+        "--steps",
+        type=_positive_int,
+        default=DEFAULT_STEPS,
         help=f"Adam steps per run (default {DEFAULT_STEPS}, as in the seed)",
     )
     parser.add_argument(
-        "--seed", type=_seed, default=DEFAULT_SEED,
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
         help=f"seed of every random draw (default {DEFAULT_SEED})",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
-        "--plot", metavar="PATH", default=DEFAULT_PLOT,
+        "--plot",
+        metavar="PATH",
+        default=DEFAULT_PLOT,
         help=f"where to write the PNG plot (default ./{DEFAULT_PLOT})",
     )
     where.add_argument("--no-plot", action="store_true", help="do not write the plot")
     parser.add_argument(
-        "--json", action="store_true",
+        "--json",
+        action="store_true",
         help="print the results as JSON (every step's loss and sigma included) instead of tables",
     )
     parser.set_defaults(func=run)
