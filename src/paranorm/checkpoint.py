@@ -42,7 +42,7 @@ from ._load_hooks import legacy_keys, parametrization_keys, solve_version0_v
 from .errors import CheckpointError
 from .estimators import weight_to_matrix
 
-__all__ = ["LAYOUTS", "CheckpointWarning", "Entry", "changes", "convert", "detect"]
+__all__ = ["LAYOUTS", "CheckpointWarning", "Entry", "convert", "detect"]
 
 Layout = Literal["legacy", "parametrizations", "plain"]
 LAYOUTS: tuple[Layout, ...] = ("legacy", "parametrizations", "plain")
@@ -583,10 +583,4 @@ def convert(
     if out_metadata is not None:
         out._metadata = out_metadata  # type: ignore[attr-defined]
     return out
-
-
-def changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[tuple[Entry, Entry]]:
-    """Pairs (before, after) of the tensors whose layout differs between two state dicts."""
-    old = {e.name: e for e in detect(before)}
-    return [(old[e.name], e) for e in detect(after) if e.name in old and old[e.name].keys != e.keys]
 
