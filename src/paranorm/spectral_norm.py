@@ -180,8 +180,9 @@ def spectral_norm(
 
     Example:
         >>> import torch, paranorm as pn
-        >>> m = pn.spectral_norm(torch.nn.Linear(20, 40), n_power_iterations=30)
-        >>> round(torch.linalg.matrix_norm(m.weight.detach(), ord=2).item(), 4)
+        >>> _ = torch.manual_seed(0)
+        >>> m = pn.spectral_norm(torch.nn.Linear(20, 40), n_power_iterations=100)
+        >>> round(torch.linalg.matrix_norm(m.weight.detach(), ord=2).item(), 3)
         1.0
     """
     weight = check_normalizable(module, name, "spectral_norm")
