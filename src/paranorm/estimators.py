@@ -6,6 +6,7 @@ state (u, v) and call these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -21,6 +22,10 @@ __all__ = [
     "frequency_matrices",
     "gram_iteration",
     "kernel_gram_bound",
+    "kernel_gram_iterations",
+    "fourier_start",
+    "block_power_iteration_",
+    "block_sigma",
 ]
 
 
@@ -148,37 +153,118 @@ def kernel_gram_bound(weight: torch.Tensor, groups: int, n_iterations: int) -> t
     |H_N(w)_ij| <= sum_x |K_N[i, j, x]|), hence for zero, circular or no padding at any size:
     sigma <= max_i (sum_{j,x} |K_N[i,j,x]|)^(2^-N) exp(2^-N L).
 
-    The products are taken on the DFT of the kernel at a grid of 2^N (k - 1) + 1 points per
-    axis, the support of K_N, so no tap wraps and the inverse DFT is K_N exactly (up to
-    rounding); dilation spreads the same taps and changes nothing in the bound. Groups are
-    bounded each and the max taken.
+    Each product is taken on the DFT of the current kernel on a grid as large as the product's
+    support (2 S - 1 for a kernel of support S), so no tap wraps and each inverse DFT is the
+    product's kernel exactly (up to rounding); the grid doubles per step, so the last step
+    costs most. A shift of the kernel multiplies its symbol by a phase, which H H^H cancels.
+    Dilation spreads the same taps and changes nothing in the bound; groups are bounded each
+    and the max taken.
     """
     spatial = weight.ndim - 2
-    dims = tuple(range(2, 2 + spatial))
-    sizes = [2**n_iterations * (k - 1) + 1 for k in weight.shape[2:]]
-    mats = frequency_matrices(weight, sizes, [1] * spatial, groups)  # (F * g, o/g, i/g)
-    if mats.shape[-2] > mats.shape[-1]:
-        mats = mats.mH
-    n_freq = mats.shape[0] // groups
+    o, i = weight.shape[:2]
+    kernel = weight.reshape(groups, o // groups, i, *weight.shape[2:])
+    if kernel.shape[1] > kernel.shape[2]:
+        # A^H A: the adjoint's kernel is the channel transpose (its spatial flip is a phase).
+        kernel = kernel.transpose(1, 2)
     real = weight.dtype
-    log_scale = torch.zeros(groups, dtype=real, device=weight.device)
     tiny = torch.finfo(real).tiny
-    # Step 1 rescales by ||K||_F per group, then forms the symbol of K K^H.
-    per_group = weight.reshape(groups, -1)
-    r = torch.linalg.vector_norm(per_group, dim=1).clamp_min(tiny)
+    r = torch.linalg.vector_norm(kernel.flatten(1), dim=1).clamp_min(tiny)
+    log_scale = torch.zeros(groups, dtype=real, device=weight.device)
+    kernel = kernel / r.reshape(-1, *([1] * (kernel.ndim - 1)))
     log_scale = 2 * torch.log(r)
-    h = mats.reshape(n_freq, groups, *mats.shape[1:]) / r[:, None, None].to(mats.dtype)
-    h = h @ h.mH
-    for _ in range(n_iterations - 1):
-        # Any positive rescaling is exact as long as L tracks it; the largest entry keeps
-        # the powers in range.
-        r = torch.linalg.matrix_norm(h).amax(dim=0).clamp_min(tiny)
-        h = h / r[:, None, None].to(h.dtype)
-        log_scale = 2 * (log_scale + torch.log(r))
-        h = h @ h.mH
-    c = h.shape[-1]
-    grid = h.permute(1, 2, 3, 0).reshape(groups, c, c, *sizes[:-1], sizes[-1] // 2 + 1)
-    kernel = torch.fft.irfftn(grid, s=sizes, dim=tuple(d + 1 for d in dims))
-    row_sums = kernel.abs().flatten(2).sum(dim=2)  # (g, c)
+    for step in range(n_iterations):
+        if step:
+            # Any positive rescaling is exact as long as L tracks it; the largest entry keeps
+            # the powers in range.
+            r = kernel.abs().flatten(1).amax(dim=1).clamp_min(tiny)
+            kernel = kernel / r.reshape(-1, *([1] * (kernel.ndim - 1)))
+            log_scale = 2 * (log_scale + torch.log(r))
+        support = kernel.shape[3:]
+        grid = [2 * n - 1 for n in support]
+        dims = tuple(range(3, 3 + spatial))
+        k_hat = torch.fft.rfftn(kernel, s=grid, dim=dims)  # (g, c, c', *freq)
+        mats = k_hat.permute(0, *range(3, 3 + spatial), 1, 2)  # (g, *freq, c, c')
+        prod = mats @ mats.mH
+        prod = prod.permute(0, spatial + 1, spatial + 2, *range(1, spatial + 1))
+        # The product's kernel fills its grid, offsets -(S-1)..(S-1) stored circularly; roll
+        # them contiguous (a global shift) so that the next zero-padded DFT sees one kernel.
+        kernel = torch.roll(torch.fft.irfftn(prod, s=grid, dim=dims), [n - 1 for n in support], dims)
+    row_sums = kernel.abs().flatten(3).sum(dim=3).sum(dim=2)  # (g, c)
     scale = 2.0**-n_iterations
     return (row_sums.amax(dim=1) ** scale * torch.exp(scale * log_scale)).amax()
+
+
+def kernel_gram_iterations(weight: torch.Tensor, groups: int, budget: float = 2e9, most: int = 6) -> int:
+    """The most steps (2..``most``) of :func:`kernel_gram_bound` whose last product costs at
+    most ``budget`` multiply-adds: a grid of 2^N (k - 1) + 1 points per axis (half of the last
+    axis), times c^3 for the smaller channel side c."""
+    c = min(weight.shape[0] // groups, weight.shape[1])
+    n = 2
+    while n < most:
+        points = [2 ** (n + 1) * (k - 1) + 1 for k in weight.shape[2:]]
+        points[-1] = points[-1] // 2 + 1
+        if math.prod(points) * groups * c**3 > budget:
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def fourier_start(
+    weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int, transposed: bool
+) -> torch.Tensor:
+    """Two real plane waves, shape (2, C_in, *sizes), near the operator's top singular vector.
+
+    On the circular grid of the input size the top right singular vectors are plane waves
+    v e^(+-i w.t), (w, v) the top of the kernel's DFT matrices (Sedghi et al. 2019); padding
+    and stride perturb them only at the borders, so starting power iteration there skips most
+    of its slow phase (the top singular values of a conv cluster, so the gap is small). The
+    sign of w that matches the correlation's convention is picked by the caller. For a
+    transposed conv the input side is the DFT matrices' left side.
+    """
+    spatial = len(sizes)
+    mats = frequency_matrices(weight, sizes, dilation, groups)
+    u, s, vh = torch.linalg.svd(mats, full_matrices=False)
+    best = int(s[:, 0].argmax())
+    vec = u[best, :, 0] if transposed else vh[best, 0].conj()
+    n_freq_shape = (*sizes[:-1], sizes[-1] // 2 + 1)
+    freq_index, group = divmod(best, groups)
+    fs = torch.unravel_index(torch.tensor(freq_index), n_freq_shape)
+    phase = torch.zeros(tuple(sizes), dtype=weight.dtype, device=weight.device)
+    for a, (f, n) in enumerate(zip(fs, sizes)):
+        t = torch.arange(n, dtype=weight.dtype, device=weight.device) * (2 * math.pi * int(f) / n)
+        phase = phase + t.reshape([n if b == a else 1 for b in range(spatial)])
+    block = vec.shape[0]
+    channels = block * groups
+    out = torch.zeros(2, channels, *sizes, dtype=weight.dtype, device=weight.device)
+    for i, sign in enumerate((1.0, -1.0)):
+        wave = vec.reshape(-1, *([1] * spatial)) * torch.polar(torch.ones_like(phase), sign * phase)
+        out[i, group * block : (group + 1) * block] = wave.real
+    return out / torch.linalg.vector_norm(out.flatten(1), dim=1).clamp_min(1e-30).reshape(2, *([1] * (spatial + 1)))
+
+
+@torch.no_grad()
+def block_power_iteration_(
+    forward: Operator, adjoint: Operator, x: torch.Tensor, n_iterations: int
+) -> None:
+    """Subspace (block power) iteration on A^T A, in place on the batch ``x`` (b, *input).
+
+    X <- orth(A^T A X) (QR of the flattened block). The top Ritz value converges at the rate
+    (sigma_(b+1) / sigma_1)^2 instead of (sigma_2 / sigma_1)^2: a convolution's top singular
+    values come in tight clusters (neighbouring frequencies), which a single vector resolves
+    only slowly. With b = 1 this is :func:`operator_power_iteration_`.
+    """
+    b = x.shape[0]
+    for _ in range(n_iterations):
+        z = adjoint(forward(x)).reshape(b, -1)
+        q, _ = torch.linalg.qr(z.transpose(0, 1))
+        x.copy_(q.transpose(0, 1).reshape(x.shape))
+
+
+def block_sigma(forward: Operator, x: torch.Tensor) -> torch.Tensor:
+    """Largest singular value of A restricted to the span of the orthonormal block ``x``.
+
+    ||A X||_2 <= ||A|| ||X||_2 = ||A||: a lower estimate, differentiable in A (X held constant).
+    """
+    out = forward(x)
+    return torch.linalg.matrix_norm(out.reshape(x.shape[0], -1), ord=2)
