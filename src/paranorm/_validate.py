@@ -75,6 +75,13 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
             f"normalized. Convert it first (module.float() skips integer tensors; for a buffer: "
             f"module.{name} = module.{name}.float()), or pass name= of a floating-point tensor."
         )
+    if tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ParanormError(
+            f"{norm}: {where} has {bad} non-finite (NaN or inf) entries; its normalized weight "
+            "would be NaN (and a spectral norm's u, v would stay NaN for good). Initialize or load "
+            "finite values first, then normalize."
+        )
     return tensor
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._base import Normalization, float32_or_wider
+from ._base import Normalization, autocast_off, float32_or_wider
 from ._load_hooks import spectral_norm_keys_hook as _legacy_keys_hook
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
@@ -53,10 +53,11 @@ class SpectralNorm(Normalization):
         raise NotImplementedError
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        sigma = self.sigma(weight)
-        if self.coeff is None:
-            return weight / sigma
-        return weight / torch.clamp(sigma / self.coeff, min=1.0)
+        with autocast_off(weight):  # sigma in float32 or wider, also under autocast
+            sigma = self.sigma(weight)
+            if self.coeff is None:
+                return weight / sigma
+            return weight / torch.clamp(sigma / self.coeff, min=1.0)
 
     def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
         return value
@@ -188,6 +189,14 @@ def spectral_norm(
     weight = check_normalizable(module, name, "spectral_norm")
     eps = check_eps(module, name, "spectral_norm", eps)
     where = label(module, name)
+    if weight.ndim > 1 and weight.device.type != "meta" and not bool(weight.any()):
+        # u = normalize(W v) = 0 and v = normalize(W^H u) = 0 would stay zero for good: sigma
+        # = 0 and W / sigma = NaN on every later forward, whatever W becomes.
+        raise ParanormError(
+            f"spectral_norm: {where} is all zeros; the power iteration's u, v would collapse to "
+            "zero and stay there (W / sigma = NaN ever after). Initialize the weight to non-zero "
+            "values first (e.g. the layer's reset_parameters()), then normalize."
+        )
     if isinstance(n_power_iterations, bool) or not isinstance(n_power_iterations, int):
         raise ParanormError(
             f"spectral_norm: n_power_iterations must be an int, got {n_power_iterations!r} "
