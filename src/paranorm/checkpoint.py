@@ -548,14 +548,12 @@ def convert(
             if out_metadata is not None and kind == "spectral_norm":
                 _set_version(out_metadata, group.base, 1 if to == "legacy" else None)
             continue
-        if group.kind is None or group.layout == to:
-            if group.kind == "spectral_norm" and to == "legacy" and "stored" in group.roles:
-                pass  # a version-0 entry is rewritten as version 1 below
-            else:
-                if group.kind is None and group.layout == "parametrizations" and to == "plain":
-                    _effective(group, state_dict, dims)  # raises: not ours to evaluate
-                out.update((k, state_dict[k]) for k in group.roles.values())
-                continue
+        # Already in place (a version-0 legacy entry is still rewritten, as version 1).
+        if group.kind is None or (group.layout == to and "stored" not in group.roles):
+            if group.kind is None and group.layout == "parametrizations" and to == "plain":
+                _effective(group, state_dict, dims)  # raises: not ours to evaluate
+            out.update((k, state_dict[k]) for k in group.roles.values())
+            continue
         if to == "plain":
             out[group.base] = _effective(group, state_dict, dims)
         elif group.kind == "weight_norm":
@@ -578,8 +576,8 @@ def convert(
             out.update(_emit("spectral_norm", group.base, roles, to))
         if out_metadata is not None and group.kind == "spectral_norm":
             _set_version(out_metadata, group.base, 1 if to == "legacy" else None)
-    # Groups read in parametrizations layout without u, v (1-D spectral norm) cannot appear here:
-    # a lone `original` is read as an unknown parametrization and passes through.
+    # A 1-D spectral norm in parametrizations layout stores only `original`, like any other
+    # parametrization; it is read as kind None and passes through (plain: an error).
     if out_metadata is not None:
         out._metadata = out_metadata  # type: ignore[attr-defined]
     return out
