@@ -225,3 +225,25 @@ def test_progress_bar_for_large_files(tmp_path, monkeypatch, capsys):
     assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "legacy"]) == 0
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert torch.equal(out["weight_v"], src.parametrizations.weight.original1)
+
+
+def test_safetensors_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "ck.pt"
+    torch.save(legacy_model().state_dict(), path)
+    monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)  # as if not installed
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "plain"]) == 1
+    assert "pip install 'paranorm[safetensors]'" in capsys.readouterr().err
+    assert listing(tmp_path) == ["ck.pt"]
+
+
+def test_spectral_norm_of_square_conv_needs_dim_or_reads_it(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        fresh = nn.utils.spectral_norm(nn.Conv1d(4, 4, 3))  # no forward: u, v say nothing yet
+    path = tmp_path / "sn.pt"
+    torch.save(fresh.state_dict(), path)
+    assert main(["convert", str(path), str(tmp_path / "plain.pt"), "--to", "plain"]) == 1
+    assert "--dim weight=DIM" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "plain.pt"), "--to", "plain", "--dim", "weight=0"]) == 0
+    fresh.eval()(torch.randn(1, 4, 5))  # the legacy hook computes the eval weight in forward
+    torch.testing.assert_close(torch.load(tmp_path / "plain.pt", weights_only=True)["weight"], fresh.weight)
