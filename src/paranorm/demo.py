@@ -47,12 +47,12 @@ __all__ = [
     "Run",
     "SeedLayer",
     "Snapshot",
+    "largest_singular_value",
     "make_inputs",
     "plot",
     "render",
     "run_demo",
     "seed_mistake",
-    "sigma",
     "to_dict",
     "train",
 ]
@@ -164,7 +164,7 @@ class DemoResult:
         raise KeyError((layer, norm))
 
 
-def sigma(weight: torch.Tensor) -> float:
+def largest_singular_value(weight: torch.Tensor) -> float:
     """Largest singular value of a matrix, ||W||_2, by ``torch.linalg.matrix_norm(ord=2)``."""
     return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
 
@@ -198,7 +198,7 @@ def _snapshot(layer: nn.Linear) -> Snapshot:
                     original = p.original.detach().clone()
     finally:
         layer.train(was_training)
-    return Snapshot(weight, bias, sigma(weight), g, v, original)
+    return Snapshot(weight, bias, largest_singular_value(weight), g, v, original)
 
 
 def train(layer: SeedLayer, norm: str, inputs: torch.Tensor, seed: int) -> Run:
@@ -235,7 +235,7 @@ def train(layer: SeedLayer, norm: str, inputs: torch.Tensor, seed: int) -> Run:
 def run_demo(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> DemoResult:
     """Run every seed layer under every norm in :data:`NORMS` for ``steps`` steps.
 
-    Both layers see the same inputs under each norm, so the runs compare like with like.
+    A layer's three runs see the same inputs, so they compare like with like.
 
     Raises:
         ParanormError: ``steps`` < 1 or ``seed`` not a non-negative int.
