@@ -7,6 +7,9 @@ apply_parametrization_norm, built on torch.nn.utils.parametrize.
 from .apply import apply_parametrization_norm as apply_parametrization_norm
 from .apply import register_norm as register_norm
 from . import nn as nn
+from ._fast import fast_paths as fast_paths
+from ._fast import fast_paths_enabled as fast_paths_enabled
+from ._fast import set_fast_paths as set_fast_paths
 from .errors import AlreadyNormalizedError as AlreadyNormalizedError
 from .errors import CheckpointError as CheckpointError
 from .errors import NotNormalizedError as NotNormalizedError
@@ -23,6 +26,7 @@ from .report import lipschitz_report as lipschitz_report
 from .report import state_dict_report as state_dict_report
 from .sigma import SigmaResult as SigmaResult
 from .sigma import sigma as sigma
+from .once import normalize_once as normalize_once
 from .spectral_norm import spectral_norm as spectral_norm
 from .weight_norm import weight_norm as weight_norm
 
@@ -37,14 +41,18 @@ __all__ = [
     "ParanormError",
     "NormalizationInfo",
     "apply_parametrization_norm",
+    "fast_paths",
+    "fast_paths_enabled",
     "fold",
     "is_normalized",
     "nn",
     "normalizations",
+    "normalize_once",
     "remove",
     "data_dependent_init",
     "lipschitz_report",
     "register_norm",
+    "set_fast_paths",
     "sigma",
     "SigmaResult",
     "spectral_norm",

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._base import Normalization, autocast_off, float32_or_wider
+from ._fast import spectral_fast_ok, spectral_normalize
 from ._load_hooks import spectral_norm_keys_hook as _legacy_keys_hook
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
@@ -129,6 +130,11 @@ class ReshapeSpectralNorm(SpectralNorm):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1 and self.coeff is None:
             return F.normalize(weight, dim=0, eps=self.eps)  # torch's exact 1-D path
+        if spectral_fast_ok(weight, self._u):  # opt-in: paranorm.fast_paths()
+            return spectral_normalize(
+                weight, self._u, self._v, dim=self.dim, eps=self.eps, coeff=self.coeff,
+                n_power_iterations=self.n_power_iterations, training=self.training,
+            )
         return super().forward(weight)
 
     def extra_repr(self) -> str:

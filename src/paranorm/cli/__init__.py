@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import ParanormError
 
-COMMANDS = ("demo", "inspect", "convert")
+COMMANDS = ("demo", "inspect", "convert", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
