@@ -134,7 +134,7 @@ def test_partial_legacy_keys_honour_strict():
     assert torch.equal(state["parametrizations.weight.0._v"], src.weight_v)
     assert torch.equal(state["parametrizations.weight.0._u"], before["parametrizations.weight.0._u"])
     # Half a weight-norm pair: strict says so by name.
-    wn = legacy(nn.utils.weight_norm, nn.Conv1d(3, 4, 3)).state_dict()
+    wn = legacy(nn.utils.weight_norm, nn.Conv1d(3, 4, 3), dim=1).state_dict()
     del wn["weight_v"]
     with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "parametrizations.weight.original1"'):
         target("weight_norm").load_state_dict(wn)
@@ -205,3 +205,22 @@ def test_real_models_convert_and_load_into_paranorm_and_back(name, source):
         back.load_state_dict(convert(model.state_dict(), to=layout), strict=True)
         with torch.no_grad():
             torch.testing.assert_close(back(x), expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", ["legacy", "parametrizations"])
+def test_a_different_dim_is_named(layout):
+    torch.manual_seed(0)
+    layer = nn.ConvTranspose1d(3, 4, 3)
+    if layout == "legacy":
+        src = legacy(nn.utils.weight_norm, layer, dim=1)
+    else:
+        src = P.weight_norm(layer, dim=1)
+    model = pn.weight_norm(nn.ConvTranspose1d(3, 4, 3))  # dim=0
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match=r"has shape \(1, 4, 1\), the layer expects \(3, 1, 1\): the layer normalizes with dim=0"):
+        model.load_state_dict(src.state_dict())
+    assert_unchanged(model, before, WN_KEYS)
+    sn_src = trained(P.spectral_norm(nn.ConvTranspose1d(3, 4, 3), dim=0), torch.randn(1, 3, 5))
+    sn = pn.spectral_norm(nn.ConvTranspose1d(3, 4, 3))  # default dim=1 for ConvTranspose
+    with pytest.raises(RuntimeError, match=r"0\._u' has shape \(3,\), the layer expects \(4,\): the layer normalizes with dim=1"):
+        sn.load_state_dict(sn_src.state_dict())

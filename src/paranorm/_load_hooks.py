@@ -112,6 +112,45 @@ def spectral_norm_keys_hook(name: str) -> Hook:
     return _keys_hook(name, "spectral_norm")
 
 
+def _shape_mismatch(
+    module: torch.nn.Module,
+    name: str,
+    kind: Kind,
+    keys: dict[str, str],
+    state_dict: MutableMapping[str, Any],
+    version0: bool,
+) -> str:
+    """Why the stored tensors do not fit this layer's normalization ('' when they fit).
+
+    torch would report a bare size mismatch; a different ``dim`` is the usual cause (a
+    ConvTranspose normalized over the other axis, Wav2Vec2's dim=2), so say so.
+    """
+    parametrization = module.parametrizations[name]  # type: ignore[union-attr,index]
+    ours = parametrization[0]
+    if kind == "weight_norm":
+        expected = {"g": parametrization.original0, "v": parametrization.original1}
+    else:
+        expected = {"weight": parametrization.original}
+        if hasattr(ours, "_u") and not version0:
+            expected.update(u=ours._u, v=ours._v)
+    for role, tensor in expected.items():
+        stored = state_dict.get(keys[role])
+        if not isinstance(stored, torch.Tensor) or stored.shape == tensor.shape:
+            continue
+        dim = getattr(ours, "dim", None)
+        hint = (
+            f"the layer normalizes with dim={dim}; if the checkpoint was saved with another dim, "
+            f"normalize the layer the same way (e.g. paranorm.{kind}(layer, dim=...))"
+            if role != "weight" and (role != "v" or kind == "spectral_norm")
+            else "build the layer with the checkpoint's shapes"
+        )
+        return (
+            f"state_dict key {keys[role]!r} has shape {tuple(stored.shape)}, the layer expects "
+            f"{tuple(tensor.shape)}: {hint}."
+        )
+    return ""
+
+
 def _keys_hook(name: str, kind: Kind) -> Hook:
     other: Kind = "spectral_norm" if kind == "weight_norm" else "weight_norm"
 
@@ -178,6 +217,11 @@ def _keys_hook(name: str, kind: Kind) -> Hook:
                 f"checkpoint with {convert_command('parametrizations', f' --{kind.replace(chr(95), chr(45))} {base}')}, "
                 "or load it into the model before normalizing."
             )
+            return
+        stored_keys = own_param if layout == "parametrizations" else own_legacy
+        mismatch = _shape_mismatch(module, name, kind, stored_keys, state_dict, version0)
+        if mismatch:
+            fail(f"{where}: {mismatch}")
             return
         if layout == "parametrizations":
             return  # torch's own keys: the parametrization loads them
