@@ -125,8 +125,8 @@ def _shape_mismatch(
     torch would report a bare size mismatch; a different ``dim`` is the usual cause (a
     ConvTranspose normalized over the other axis, Wav2Vec2's dim=2), so say so.
     """
-    parametrization = module.parametrizations[name]  # type: ignore[union-attr,index]
-    ours = parametrization[0]
+    parametrization: Any = module.parametrizations[name]  # type: ignore[union-attr,index]
+    ours: Any = parametrization[0]
     if kind == "weight_norm":
         expected = {"g": parametrization.original0, "v": parametrization.original1}
     else:
