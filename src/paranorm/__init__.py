@@ -6,6 +6,7 @@ apply_parametrization_norm, built on torch.nn.utils.parametrize.
 
 from .apply import apply_parametrization_norm as apply_parametrization_norm
 from .apply import register_norm as register_norm
+from . import checkpoint as checkpoint
 from . import nn as nn
 from ._fast import fast_paths as fast_paths
 from ._fast import fast_paths_enabled as fast_paths_enabled
@@ -41,6 +42,7 @@ __all__ = [
     "ParanormError",
     "NormalizationInfo",
     "apply_parametrization_norm",
+    "checkpoint",
     "fast_paths",
     "fast_paths_enabled",
     "fold",
