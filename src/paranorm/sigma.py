@@ -64,6 +64,9 @@ GRAM_CIRCULAR_ITERATIONS = 8
 #: (:func:`paranorm.estimators.kernel_gram_iterations`).
 GRAM_KERNEL_BUDGET = 2e9
 #: The dense oracle's limits: the smaller side of the operator matrix, and its entries.
+#: Relative widening of the float64 bounds: their matrix products round at ~1e-16 per step,
+#: and a bound that is tight (matrices, circular convs) would otherwise sit an ulp below.
+ROUNDING_MARGIN = 1e-12
 SVD_MAX_SIDE = 2048
 SVD_MAX_ENTRIES = 2**24
 
@@ -299,7 +302,9 @@ def _fft(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
 
 
 def _certified(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``value`` (float64) cast to ``dtype``, rounded up, so that an upper bound stays one."""
+    """``value`` (float64) widened by ROUNDING_MARGIN for the float64 rounding of the steps
+    that computed it, cast to ``dtype`` and rounded up, so that an upper bound stays one."""
+    value = value * (1 + ROUNDING_MARGIN)
     cast = value.to(dtype)
     low = cast.detach().to(value.dtype) < value.detach()
     bump = torch.nextafter(cast.detach(), torch.full_like(cast, math.inf)) - cast.detach()
