@@ -130,7 +130,8 @@ class ReshapeSpectralNorm(SpectralNorm):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1 and self.coeff is None:
             return F.normalize(weight, dim=0, eps=self.eps)  # torch's exact 1-D path
-        if spectral_fast_ok(weight, self._u):  # opt-in: paranorm.fast_paths()
+        # A 1-D weight has no _u, _v buffers (its sigma is ||w||, exact): test ndim first.
+        if weight.ndim > 1 and spectral_fast_ok(weight, self._u):  # opt-in: paranorm.fast_paths()
             return spectral_normalize(
                 weight, self._u, self._v, dim=self.dim, eps=self.eps, coeff=self.coeff,
                 n_power_iterations=self.n_power_iterations, training=self.training,
