@@ -95,9 +95,16 @@ def test_safetensors_round_trip_and_cross_format(tmp_path):
     legacy = load_file(tmp_path / "legacy.safetensors")
     assert {"0.weight_g", "0.weight_v", "2.weight_orig", "2.weight_u", "2.weight_v"} <= set(legacy)
     assert main(["convert", str(tmp_path / "legacy.safetensors"), str(tmp_path / "back.pt"), "--to", "parametrizations"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "legacy.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # the input's header is kept
     back = torch.load(tmp_path / "back.pt", weights_only=True)
     for key, tensor in src.state_dict().items():
         assert torch.equal(back[key], tensor), key  # bit-exact through both formats
+    assert main(["convert", str(tmp_path / "back.pt"), str(tmp_path / "hf.safetensors"), "--to", "legacy"]) == 0
+    with safe_open(tmp_path / "hf.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # what Hugging Face loaders expect
 
 
 def test_dry_run_writes_nothing(tmp_path, capsys):
@@ -195,6 +202,10 @@ def test_refuses_to_overwrite_input_and_bad_output_suffix(tmp_path, capsys):
     assert "suffix '.npz'" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out.pt"), "--to", "plain"]) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "other.pt"), "--to", "plain", "--in-place"]) == 1
+    assert "drop OUT or drop --in-place" in capsys.readouterr().err
+    assert main(["convert", str(path), "--to", "plain"]) == 1
+    assert "give OUT, or pass --in-place" in capsys.readouterr().err
     assert digest(path) == before and listing(tmp_path) == ["ck.pt"]
     with pytest.raises(SystemExit) as usage:
         main(["convert", str(path), str(tmp_path / "o.pt"), "--to", "fused"])

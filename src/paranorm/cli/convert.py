@@ -145,7 +145,8 @@ def write_checkpoint(
     kind = _format(path, "OUT")
     if kind == "safetensors":
         tensors = {k: t.contiguous() for k, t in obj.items()}
-        data = _safetensors().save(tensors, metadata=metadata)
+        # Hugging Face loaders expect {"format": "pt"} in the header of a torch file.
+        data = _safetensors().save(tensors, metadata=metadata or {"format": "pt"})
     else:
         buffer = io.BytesIO()
         torch.save(obj, buffer)
@@ -253,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.in_place and not args.dry_run:
             raise CheckpointError("convert: give OUT, or pass --in-place to overwrite IN.")
         target = source
+    elif args.in_place and not _same_file(source, target):
+        raise CheckpointError(
+            f"convert: --in-place overwrites IN, but OUT {str(target)!r} is another file; drop "
+            "OUT or drop --in-place."
+        )
     elif _same_file(source, target) and not args.in_place and not args.dry_run:
         raise CheckpointError(
             f"convert: OUT {str(target)!r} is IN; refusing to overwrite the input. Pass --in-place "
