@@ -311,6 +311,7 @@ def test_ambiguous_spectral_dim_read_from_u_v_or_refused():
           "parametrizations.weight.original1": torch.ones(2, 3)}, "two layouts"),
         ({"weight_g": torch.ones(2, 1), "weight_v": torch.ones(2, 3), "weight_orig": torch.ones(2, 3),
           "weight_u": torch.ones(2)}, "two layouts"),
+        ({"weight_g": 3.0, "weight_v": torch.ones(2, 3)}, "holds a float, not a tensor"),
     ],
 )
 def test_corrupt_state_dicts_are_clear_errors(state, match):

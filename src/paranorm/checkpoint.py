@@ -137,6 +137,12 @@ def _groups(state_dict: Mapping[str, Any]) -> list[_Group]:
     claimed: dict[str, str] = {}  # key -> base
 
     def claim(group: _Group) -> None:
+        for key in group.roles.values():
+            if not isinstance(state_dict[key], torch.Tensor):
+                raise CheckpointError(
+                    f"{group.base!r}: {key!r} holds a {type(state_dict[key]).__name__}, not a "
+                    "tensor, so the checkpoint is corrupt. Restore it from the original checkpoint."
+                )
         if group.base in groups:
             old = groups[group.base]
             raise _two_layouts(group.base, next(iter(old.roles.values())), next(iter(group.roles.values())))
@@ -237,10 +243,6 @@ def _groups(state_dict: Mapping[str, Any]) -> list[_Group]:
             seen.add(owner)
             ordered.append(groups[owner])
     return ordered
-
-
-def _shape(tensor: Any) -> tuple[int, ...]:
-    return tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else ()
 
 
 def _wn_dims(g: torch.Tensor, v: torch.Tensor) -> tuple[int | None, ...]:
