@@ -25,6 +25,14 @@ LAYERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _default_forward():
+    """Bit-exact parity is a property of the default forward: pin it (fused paths off), so an
+    earlier test in the same process that left pn.fast_paths on cannot change what is tested."""
+    with pn.fast_paths(False):
+        yield
+
+
 def twins(kind: str, seed: int = 0, **kwargs) -> tuple[nn.Module, nn.Module, torch.Tensor]:
     """The same layer under torch's and paranorm's spectral_norm, from the same RNG state."""
     torch.manual_seed(seed)
