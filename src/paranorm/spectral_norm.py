@@ -12,7 +12,7 @@ class shares the division (hard or soft) in :class:`SpectralNorm`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -161,12 +161,14 @@ def spectral_norm(
     *,
     method: str = "reshape",
     coeff: float | None = None,
+    input_shape: Sequence[int] | None = None,
     **method_options: Any,
 ) -> nn.Module:
     """Apply spectral normalization to ``module.<name>``: W / sigma(W).
 
     sigma is the largest singular value, estimated as ``method`` says ("reshape": the weight
-    viewed as a matrix with ``dim`` first, by power iteration, torch's behaviour). With
+    viewed as a matrix with ``dim`` first, by power iteration, torch's behaviour; "power",
+    "fft", "gram": the layer's true operator, see :mod:`paranorm.operator_norms`). With
     ``coeff=c`` the normalization is soft, W / max(1, sigma / c): a layer already below c is
     left unchanged. Gradients flow through sigma.
 
@@ -178,6 +180,9 @@ def spectral_norm(
         dim: the axis of the output features: None means 1 for ConvTranspose, else 0.
         method: how sigma is estimated, a key of ``paranorm.spectral_norm.METHODS``.
         coeff: None for W / sigma, or c > 0 for W / max(1, sigma / c).
+        input_shape: one input sample's shape, for the methods that measure the layer's
+            operator ("power", "fft", "gram"; see :mod:`paranorm.operator_norms`); None: the
+            shape of the first forward.
         **method_options: options of the chosen method.
 
     Returns:
@@ -230,17 +235,38 @@ def spectral_norm(
             f"spectral_norm: unknown method {method!r} for {where}; expected one of "
             f"{', '.join(sorted(METHODS))}."
         )
-    # Every method class takes (weight, n_power_iterations, dim, eps, coeff=..., **options).
+    # Every method class takes (weight, n_power_iterations, dim, eps, coeff=..., **options);
+    # those that measure the layer's operator build from the module (``from_module``).
     make: Callable[..., SpectralNorm] = METHODS[method]
-    try:
-        parametrization = make(
-            weight,
-            n_power_iterations,
-            dim,
-            eps,
-            coeff=None if coeff is None else float(coeff),
-            **method_options,
+    from_module = getattr(make, "from_module", None)
+    if from_module is None and input_shape is not None:
+        raise ParanormError(
+            f"spectral_norm: input_shape is used by the methods that measure the layer's "
+            f"operator (power, fft, gram); method={method!r} does not depend on the input size. "
+            f"Drop input_shape for {where}, or pick one of those methods."
         )
+    try:
+        if from_module is not None:
+            parametrization = from_module(
+                module,
+                name,
+                weight,
+                n_power_iterations,
+                dim,
+                eps,
+                coeff=None if coeff is None else float(coeff),
+                input_shape=input_shape,
+                **method_options,
+            )
+        else:
+            parametrization = make(
+                weight,
+                n_power_iterations,
+                dim,
+                eps,
+                coeff=None if coeff is None else float(coeff),
+                **method_options,
+            )
     except TypeError as error:
         raise ParanormError(
             f"spectral_norm: bad options for method={method!r} on {where}: {error}"
@@ -249,4 +275,12 @@ def spectral_norm(
     parametrization._load_hook = module._register_load_state_dict_pre_hook(
         _legacy_keys_hook(name), with_module=True
     )
+    attach = getattr(parametrization, "attach", None)
+    if attach is not None:  # e.g. "power" learns the input shape from the module's forward
+        attach(module)
     return module
+
+
+# The operator-norm methods ("power", "fft", "gram") subclass SpectralNorm and add themselves
+# to METHODS; imported last so that either module may be imported first.
+from . import operator_norms as _operator_norms  # noqa: E402,F401
