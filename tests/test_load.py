@@ -224,3 +224,15 @@ def test_a_different_dim_is_named(layout):
     sn = pn.spectral_norm(nn.ConvTranspose1d(3, 4, 3))  # default dim=1 for ConvTranspose
     with pytest.raises(RuntimeError, match=r"0\._u' has shape \(3,\), the layer expects \(4,\): the layer normalizes with dim=1"):
         sn.load_state_dict(sn_src.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "spectral_norm"])
+def test_meta_model_loads_legacy_keys_with_assign(kind):
+    # The Hugging Face pattern: build on the meta device, then load real tensors with assign=True.
+    _, src = next(sources(kind))  # the legacy one
+    with torch.device("meta"):
+        model = target(kind)
+    result = model.load_state_dict(src.state_dict(), assign=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(X), src(X), rtol=0, atol=0)
