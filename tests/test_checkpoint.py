@@ -409,3 +409,18 @@ def test_spectral_norm_any_shape_matches_torch(rows, cols, k, seed):
     plain = convert(legacy, to="plain", dims={"weight": 0})["weight"]
     module.eval()
     torch.testing.assert_close(plain, module.weight, rtol=1e-12, atol=1e-12)
+
+
+def test_plain_one_dimensional_weight_to_spectral_norm_loads_into_torch():
+    state = nn.LayerNorm(4).state_dict()
+    state["weight"] = torch.tensor([1.0, 2.0, 2.0, 4.0])
+    for layout, make in (("parametrizations", P.spectral_norm), ("legacy", nn.utils.spectral_norm)):
+        with pytest.warns(CheckpointWarning, match="sigma=5"):
+            out = convert(state, to=layout, normalize={"weight": "spectral_norm"})
+        module = make(nn.LayerNorm(4)).eval()
+        module.load_state_dict(out, strict=True)
+        x = torch.randn(3, 4)
+        reference = nn.functional.layer_norm(x, (4,), state["weight"] / 5.0, state["bias"])
+        torch.testing.assert_close(module(x), reference)
+    with pytest.raises(CheckpointError, match="out of range"):
+        convert(nn.Linear(3, 2).state_dict(), to="legacy", normalize={"weight": "spectral_norm"}, dims={"weight": 5})

@@ -449,6 +449,8 @@ def _normalize_plain(
             "tensor does not have. Load the checkpoint to the CPU first."
         )
     dim = dims.get(base, 0) or 0
+    if not -max(weight.ndim, 1) <= dim < max(weight.ndim, 1):
+        raise CheckpointError(f"dims[{base!r}]={dim} is out of range for weight {tuple(weight.shape)}.")
     matrix = weight_to_matrix(weight.detach().double(), dim % max(weight.ndim, 1)) if weight.ndim > 1 else weight.double().reshape(-1, 1)
     left, values, right = torch.linalg.svd(matrix, full_matrices=False)
     u = F.normalize(left[:, 0], dim=0).to(weight.dtype)
@@ -546,6 +548,8 @@ def convert(
         if group.layout == "plain" and group.base in normalize:
             kind = normalize[group.base]
             roles = _normalize_plain(group.base, kind, state_dict[group.base], dims)
+            if kind == "spectral_norm" and roles["weight"].ndim <= 1 and to == "parametrizations":
+                roles = {"weight": roles["weight"]}  # a 1-D parametrization keeps no u, v
             out.update(_emit(kind, group.base, roles, to))  # type: ignore[arg-type]
             if out_metadata is not None and kind == "spectral_norm":
                 _set_version(out_metadata, group.base, 1 if to == "legacy" else None)
