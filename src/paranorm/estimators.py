@@ -13,19 +13,19 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "weight_to_matrix",
-    "power_iteration_",
-    "reshape_sigma",
-    "operator_power_iteration_",
-    "operator_sigma",
-    "periodic_kernel",
+    "block_power_iteration_",
+    "block_sigma",
+    "fourier_start",
     "frequency_matrices",
     "gram_iteration",
     "kernel_gram_bound",
     "kernel_gram_iterations",
-    "fourier_start",
-    "block_power_iteration_",
-    "block_sigma",
+    "operator_power_iteration_",
+    "operator_sigma",
+    "periodic_kernel",
+    "power_iteration_",
+    "reshape_sigma",
+    "weight_to_matrix",
 ]
 
 
@@ -89,7 +89,9 @@ def operator_sigma(forward: Operator, x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(forward(x))
 
 
-def periodic_kernel(weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int]) -> torch.Tensor:
+def periodic_kernel(
+    weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int]
+) -> torch.Tensor:
     """The kernel of the circular convolution on a grid of ``sizes``: taps at d * j mod n.
 
     Taps that wrap (a dilated kernel wider than the grid) add up, which is what the circular
@@ -115,7 +117,9 @@ def frequency_matrices(
     conjugate-symmetric, so ``rfftn`` (half of the last axis) loses no singular value.
     """
     spatial = weight.ndim - 2
-    k_hat = torch.fft.rfftn(periodic_kernel(weight, sizes, dilation), dim=tuple(range(2, 2 + spatial)))
+    k_hat = torch.fft.rfftn(
+        periodic_kernel(weight, sizes, dilation), dim=tuple(range(2, 2 + spatial))
+    )
     o, i = weight.shape[:2]
     k_hat = k_hat.reshape(groups, o // groups, i, -1).permute(3, 0, 1, 2)
     return k_hat.reshape(-1, o // groups, i)
@@ -188,13 +192,17 @@ def kernel_gram_bound(weight: torch.Tensor, groups: int, n_iterations: int) -> t
         prod = prod.permute(0, spatial + 1, spatial + 2, *range(1, spatial + 1))
         # The product's kernel fills its grid, offsets -(S-1)..(S-1) stored circularly; roll
         # them contiguous (a global shift) so that the next zero-padded DFT sees one kernel.
-        kernel = torch.roll(torch.fft.irfftn(prod, s=grid, dim=dims), [n - 1 for n in support], dims)
+        kernel = torch.roll(
+            torch.fft.irfftn(prod, s=grid, dim=dims), [n - 1 for n in support], dims
+        )
     row_sums = kernel.abs().flatten(3).sum(dim=3).sum(dim=2)  # (g, c)
     scale = 2.0**-n_iterations
     return (row_sums.amax(dim=1) ** scale * torch.exp(scale * log_scale)).amax()
 
 
-def kernel_gram_iterations(weight: torch.Tensor, groups: int, budget: float = 2e9, most: int = 6) -> int:
+def kernel_gram_iterations(
+    weight: torch.Tensor, groups: int, budget: float = 2e9, most: int = 6
+) -> int:
     """The most steps (2..``most``) of :func:`kernel_gram_bound` whose last product costs at
     most ``budget`` multiply-adds: a grid of 2^N (k - 1) + 1 points per axis (half of the last
     axis), times c^3 for the smaller channel side c."""
@@ -211,7 +219,11 @@ def kernel_gram_iterations(weight: torch.Tensor, groups: int, budget: float = 2e
 
 @torch.no_grad()
 def fourier_start(
-    weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int, transposed: bool
+    weight: torch.Tensor,
+    sizes: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    transposed: bool,
 ) -> torch.Tensor:
     """Two real plane waves, shape (2, C_in, *sizes), near the operator's top singular vector.
 
@@ -240,7 +252,8 @@ def fourier_start(
     for i, sign in enumerate((1.0, -1.0)):
         wave = vec.reshape(-1, *([1] * spatial)) * torch.polar(torch.ones_like(phase), sign * phase)
         out[i, group * block : (group + 1) * block] = wave.real
-    return out / torch.linalg.vector_norm(out.flatten(1), dim=1).clamp_min(1e-30).reshape(2, *([1] * (spatial + 1)))
+    norms = torch.linalg.vector_norm(out.flatten(1), dim=1).clamp_min(1e-30)
+    return out / norms.reshape(2, *([1] * (spatial + 1)))
 
 
 @torch.no_grad()
