@@ -36,7 +36,8 @@ class Normalization(nn.Module):
         raise ParanormError(
             f"torch.jit.script cannot compile a parametrized module ({self.kind}, "
             f"{type(self).__name__}). Fold the normalizations into plain weights first: "
-            "paranorm.fold(model), then script; torch.jit.trace and torch.export also work unfolded."
+            "paranorm.fold(model), then script; torch.jit.trace and torch.export also work "
+            "unfolded."
         )
 
 
