@@ -43,7 +43,7 @@ from ._base import float32_or_wider
 from .errors import ParanormError
 from .spectral_norm import METHODS, SpectralNorm
 
-__all__ = ["OperatorSpectralNorm", "PowerSpectralNorm", "FFTSpectralNorm", "GramSpectralNorm"]
+__all__ = ["FFTSpectralNorm", "GramSpectralNorm", "OperatorSpectralNorm", "PowerSpectralNorm"]
 
 #: Power steps for a new input shape's vector, from the Fourier warm start.
 POWER_WARMUP_ITERATIONS = 30
@@ -125,10 +125,11 @@ class OperatorSpectralNorm(SpectralNorm):
             return
         weight = module.parametrizations[self._name].original  # type: ignore[union-attr,index]
         try:
-            shape = ops.check_input_shape(weight, self.geometry, shape, self.where)
+            checked = ops.check_input_shape(weight, self.geometry, shape, self.where)
         except ParanormError:
             return  # a wrong input: the layer's own forward raises torch's error
-        self.observe(weight, shape)  # type: ignore[arg-type]
+        if checked is not None:
+            self.observe(weight, checked)
 
     def observe(self, weight: torch.Tensor, shape: tuple[int, ...]) -> None:
         """Make ``shape`` the current input shape."""
@@ -149,8 +150,11 @@ class OperatorSpectralNorm(SpectralNorm):
         self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
         missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
     ) -> None:
+        # torch passes strict=True to every submodule whatever the caller asked, so, like the
+        # layout hooks (paranorm._load_hooks), this refuses under strict=False too: a silent
+        # skip would hide that the checkpoint was saved with another method.
         foreign = self._foreign_keys(state_dict, prefix)
-        if foreign and strict:
+        if foreign:
             names = ", ".join(repr(k) for k in foreign)
             origin = (
                 "the reshape method's power-iteration vectors (of the weight viewed as a matrix)"
@@ -161,7 +165,7 @@ class OperatorSpectralNorm(SpectralNorm):
                 f"state_dict has {names}: {origin}, but {self.where} is spectrally normalized with "
                 f"method={self.method!r}, for which they mean nothing. Drop those keys (the weight "
                 f"'{prefix[:-2]}original' loads as is), or normalize the layer with the method "
-                "that saved them; pass strict=False to skip them."
+                "that saved them."
             )
             for key in foreign:
                 state_dict.pop(key)

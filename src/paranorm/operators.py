@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +26,12 @@ from .errors import ParanormError
 
 __all__ = [
     "Geometry",
-    "geometry",
-    "output_shape",
     "apply",
     "apply_adjoint",
-    "pad_indices",
+    "geometry",
+    "output_shape",
     "pad_copies",
+    "pad_indices",
 ]
 
 PADDING_MODES = ("zeros", "circular", "reflect", "replicate")
@@ -71,7 +72,7 @@ class Geometry:
 
 
 def _tuple(value: int | Sequence[int], n: int, what: str, minimum: int) -> tuple[int, ...]:
-    values = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
+    values: Any = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else value
     ok = isinstance(values, (tuple, list)) and len(values) == n
     ok = ok and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
     if not ok:

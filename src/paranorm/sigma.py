@@ -44,11 +44,11 @@ from torch import nn
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from . import estimators as est
-from ._base import autocast_off
 from . import operators as ops
+from ._base import autocast_off
 from .errors import ParanormError
 
-__all__ = ["SigmaResult", "sigma", "METHODS", "SVD_MAX_SIDE", "SVD_MAX_ENTRIES"]
+__all__ = ["METHODS", "SVD_MAX_ENTRIES", "SVD_MAX_SIDE", "SigmaResult", "sigma"]
 
 METHODS = ("reshape", "power", "fft", "gram", "svd")
 #: Default iterations: power steps for "reshape"/"power", Gram steps for "gram".
@@ -113,8 +113,10 @@ def layer_of(module_or_weight: nn.Module | torch.Tensor, **layer_args: Any) -> L
             f"{', '.join(_LAYER_ARGS)} and dim."
         )
     dim = layer_args.pop("dim", None)
+    weight: torch.Tensor
+    geo: ops.Geometry
     if isinstance(module_or_weight, nn.Module):
-        module = module_or_weight
+        module: Any = module_or_weight
         kind = type_before_parametrizations(module)
         where = kind.__name__ + ".weight"
         if layer_args:
@@ -324,10 +326,7 @@ def _gram(layer: Layer, shape: tuple[int, ...] | None, iterations: int | None) -
         mats = est.frequency_matrices(weight, shape[1:], geo.dilation, geo.groups)
         value = est.gram_iteration(mats, n).amax()
     else:
-        n = iterations
-        if n is None:
-            n = est.kernel_gram_iterations(weight, geo.groups, GRAM_KERNEL_BUDGET)
-        n = _iterations(n, n)
+        n = _iterations(iterations, est.kernel_gram_iterations(weight, geo.groups, GRAM_KERNEL_BUDGET))
         circular_exact = geo.padding_mode == "circular" and geo.pads_wrap_exactly
         copies = 1 if geo.transposed or circular_exact else ops.pad_copies(geo, shape)
         value = est.kernel_gram_bound(weight, geo.groups, n) * math.sqrt(copies)
