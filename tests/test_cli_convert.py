@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -227,16 +228,37 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert listing(tmp_path) == ["ck.pt", "out.pt"]
 
 
-def test_progress_bar_for_large_files(tmp_path, monkeypatch, capsys):
+def test_progress_bar_for_large_files_streams_the_write(tmp_path, monkeypatch):
     monkeypatch.setattr(convert_cli, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(convert_cli, "_CHUNK", 512)  # many chunks: the reader must reassemble them
+    monkeypatch.setattr(convert_cli, "_CHUNK", 512)  # many chunks for the safetensors writer
+    seen: list[int] = []
+
+    @contextlib.contextmanager
+    def recording(total, description, enabled):
+        with original(total, description, enabled) as advance:
+            yield lambda n: (seen.append(n), advance(n))
+
+    original = convert_cli._progress
+    monkeypatch.setattr(convert_cli, "_progress", recording)
     src = P.weight_norm(nn.Linear(64, 64))
     path = tmp_path / "big.pt"
     torch.save(src.state_dict(), path)
-    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "legacy"]) == 0
+    for out in ("out.pt", "out.safetensors"):
+        seen.clear()
+        assert main(["convert", str(path), str(tmp_path / out), "--to", "legacy"]) == 0
+        assert sum(seen) == (tmp_path / out).stat().st_size and len(seen) > 2  # every byte reported
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     assert torch.equal(out["weight_v"], src.parametrizations.weight.original1)
 
+
+def test_legacy_serialization_format_is_read(tmp_path):
+    src = legacy_model()
+    path = tmp_path / "old.pt"
+    torch.save(src.state_dict(), path, _use_new_zipfile_serialization=False)  # cannot be mmapped
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "parametrizations"]) == 0
+    model = paranorm_model()
+    model.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
+    torch.testing.assert_close(model(X), src(X), rtol=0, atol=0)
 
 def test_safetensors_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
     path = tmp_path / "ck.pt"

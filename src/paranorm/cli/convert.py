@@ -4,13 +4,14 @@ Reads ``.pt``/``.pth``/``.bin``/``.ckpt`` (``torch.load(weights_only=True)``; a 
 ``{"model": sd}`` or ``{"state_dict": sd}`` checkpoint keeps its other entries) and
 ``.safetensors`` (optional dependency). Writes OUT's format (from its suffix), atomically: a
 temporary file in OUT's folder, then ``os.replace``, so an interrupted or failed run never
-leaves a partial OUT. IN is never overwritten unless ``--in-place``.
+leaves a partial OUT. IN is never overwritten unless ``--in-place``. Inputs are memory-mapped
+where the format allows and outputs streamed, so a large checkpoint is not held twice; outputs of
+``PROGRESS_MIN_BYTES`` or more show a progress bar on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import tempfile
@@ -29,7 +30,7 @@ __all__ = ["add_parser", "read_checkpoint", "run", "write_checkpoint"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIX = ".safetensors"
-#: Files at least this large get a progress bar (on stderr) while read and written.
+#: Outputs at least this large get a progress bar (on stderr) while written.
 PROGRESS_MIN_BYTES = 64 * 2**20
 _CHUNK = 8 * 2**20
 #: The entries of a nested checkpoint that hold the state_dict, in the order tried.
@@ -76,48 +77,57 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
         yield lambda n: bar.advance(task, n)
 
 
-def _read_bytes(path: Path, show_progress: bool) -> bytes:
-    size = path.stat().st_size
-    buffer = bytearray()
-    with open(path, "rb") as handle, _progress(size, f"reading {path.name}", show_progress) as advance:
-        while chunk := handle.read(_CHUNK):
-            buffer += chunk
-            advance(len(chunk))
-    return bytes(buffer)
+def _head(path: Path, size: int = 16) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
 
 
-def _looks_like_safetensors(data: bytes) -> bool:
-    if len(data) < 9:
+def _looks_like_safetensors(path: Path) -> bool:
+    head = _head(path)
+    if len(head) < 9:
         return False
-    header = int.from_bytes(data[:8], "little")
-    return 0 < header < len(data) and data[8:9] == b"{"
+    header = int.from_bytes(head[:8], "little")
+    return 0 < header < path.stat().st_size and head[8:9] == b"{"
 
 
-def read_checkpoint(path: Path, *, show_progress: bool = False) -> tuple[Any, str | None, dict[str, str] | None]:
+def _torch_load(path: Path) -> Any:
+    """torch.load(weights_only=True), memory-mapped when the file allows it (zip format)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap can only be used" not in str(error):
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 format
+
+
+def read_checkpoint(path: Path) -> tuple[Any, str | None, dict[str, str] | None]:
     """Load ``path``: (checkpoint object, the nested entry holding the state_dict or None,
-    safetensors metadata or None)."""
+    safetensors metadata or None). Tensors are memory-mapped where the format allows, so a
+    large checkpoint is not read into memory twice."""
     kind = _format(path, "IN")
     if not path.is_file():
         raise CheckpointError(f"IN {str(path)!r} does not exist or is not a file.")
-    data = _read_bytes(path, show_progress)
     if kind == "safetensors":
         st = _safetensors()
         try:
-            state = st.load(data)
-            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            state = st.load_file(path)
+            head = _head(path, 8)
+            with open(path, "rb") as handle:
+                handle.seek(8)
+                header = json.loads(handle.read(int.from_bytes(head, "little")))
         except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(
                 f"cannot read {str(path)!r} as safetensors ({type(error).__name__}: {error}); the file "
                 "is truncated or not a safetensors file."
             ) from None
         return state, None, header.get("__metadata__")
-    if _looks_like_safetensors(data):
+    if _looks_like_safetensors(path):
         raise CheckpointError(
             f"{str(path)!r} is a safetensors file but its suffix says torch.save; rename it to "
             f"{path.with_suffix(SAFETENSORS_SUFFIX).name!r}."
         )
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj = _torch_load(path)
     except Exception as error:  # noqa: BLE001 - RuntimeError, EOFError, UnpicklingError, ...
         raise CheckpointError(
             f"cannot read {str(path)!r} with torch.load(weights_only=True) "
@@ -138,27 +148,53 @@ def read_checkpoint(path: Path, *, show_progress: bool = False) -> tuple[Any, st
     )
 
 
+def _nbytes(obj: Any) -> int:
+    """Bytes of every tensor in ``obj`` (nested dicts and lists): the size torch.save will write."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_nbytes(x) for x in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(x) for x in obj)
+    return 0
+
+
+class _CountingWriter:
+    """A write-only file that reports each write to a progress callback (torch.save streams)."""
+
+    def __init__(self, handle: Any, advance: Callable[[int], None]) -> None:
+        self.handle, self.advance = handle, advance
+
+    def write(self, data: Any) -> int:
+        written = self.handle.write(data)
+        self.advance(len(data))
+        return written
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def write_checkpoint(
     path: Path, obj: Any, *, metadata: dict[str, str] | None = None, show_progress: bool = False
 ) -> None:
     """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
     kind = _format(path, "OUT")
-    if kind == "safetensors":
-        tensors = {k: t.contiguous() for k, t in obj.items()}
-        # Hugging Face loaders expect {"format": "pt"} in the header of a torch file.
-        data = _safetensors().save(tensors, metadata=metadata or {"format": "pt"})
-    else:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        data = buffer.getvalue()
     folder = path.parent if str(path.parent) else Path(".")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as handle, _progress(len(data), f"writing {path.name}", show_progress) as advance:
-            view = memoryview(data)
-            for start in range(0, len(data), _CHUNK):
-                handle.write(view[start : start + _CHUNK])
-                advance(min(_CHUNK, len(data) - start))
+        with os.fdopen(fd, "wb") as handle:
+            if kind == "safetensors":
+                tensors = {k: t.contiguous() for k, t in obj.items()}
+                # Hugging Face loaders expect {"format": "pt"} in the header of a torch file.
+                data = _safetensors().save(tensors, metadata=metadata or {"format": "pt"})
+                with _progress(len(data), f"writing {path.name}", show_progress) as advance:
+                    view = memoryview(data)
+                    for start in range(0, len(data), _CHUNK):
+                        handle.write(view[start : start + _CHUNK])
+                        advance(min(_CHUNK, len(data) - start))
+            else:
+                with _progress(_nbytes(obj), f"writing {path.name}", show_progress) as advance:
+                    torch.save(obj, _CountingWriter(handle, advance))  # type: ignore[arg-type]  # streamed
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, _file_mode(path))
@@ -266,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         )
     out_format = _format(target, "OUT")
     show_progress = not args.json
-    obj, nested, metadata = read_checkpoint(source, show_progress=show_progress)
+    obj, nested, metadata = read_checkpoint(source)
     state = obj[nested] if nested else obj
     normalize = {key: "weight_norm" for key in args.weight_norm}
     for key in args.spectral_norm:
