@@ -103,14 +103,14 @@ def _power_iteration_sigma_(
     The same ops as ``F.normalize(..., out=)``, so u and v get torch's values bit for bit; the
     norm of the last W^T u is kept instead of recomputing u^T W v with another pass over W.
     """
-    norm = matrix.new_zeros(())
     for _ in range(n_iterations):
         F.normalize(torch.mv(matrix, v), dim=0, eps=eps, out=u)
         t = torch.mv(matrix.t(), u)
-        norm = torch.linalg.vector_norm(t, keepdim=True)
-        torch.div(t, norm.clamp_min(eps).expand_as(t), out=v)
+        norm = torch.linalg.vector_norm(t)
+        denominator = norm.clamp_min(eps)
+        torch.div(t, denominator.expand_as(t), out=v)
     # u^T W v' = ||t||^2 / max(||t||, eps): equal to ||t|| unless W^T u vanishes.
-    return (norm * norm / norm.clamp_min(eps)).reshape(())
+    return norm * (norm / denominator)
 
 
 def _rank_one_shape(u: torch.Tensor, v: torch.Tensor, shape: torch.Size, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,9 +158,8 @@ class _SpectralDivide(torch.autograd.Function):
         fuse = ctx.dim == 0 and grad.is_contiguous() and grad.device.type == "cpu"
         if fuse and not torch.compiler.is_compiling():
             # One pass: beta * G + alpha * u v^T. The scalars cost a host read, free on CPU.
-            out = torch.addr(
-                grad.reshape(grad.shape[0], -1), u, v, beta=1.0 / scale.item(), alpha=-coef.item()
-            )
+            beta, alpha = torch.stack((scale.reciprocal(), -coef)).tolist()
+            out = torch.addr(grad.reshape(grad.shape[0], -1), u, v, beta=beta, alpha=alpha)
             return out.view(grad.shape), None, None, None, None, None
         u_w, v_w = _rank_one_shape(u * -coef, v, grad.shape, ctx.dim)
         out = grad / scale

@@ -203,10 +203,12 @@ def _normalize_all(model: nn.Module, norm: str, impl: str) -> nn.Module:
     return model
 
 
-def _implementations(case: Case, norm: str, mode: str) -> list[str]:
+def _implementations(case: Case, norm: str, mode: str, compiled: bool) -> list[str]:
     impls = ["plain", "torch-legacy", "torch", "paranorm", "paranorm-fast"]
     if mode == "train" and case.calls > 1:
         impls.append("paranorm-once")
+    if mode == "train" and compiled:
+        impls += ["plain-compiled", "torch-compiled", "paranorm-fast-compiled"]
     if mode == "eval":
         impls = [i for i in impls if i != "paranorm-fast"] + ["paranorm-folded"]
     return impls
@@ -215,9 +217,10 @@ def _implementations(case: Case, norm: str, mode: str) -> list[str]:
 def _build(case: Case, norm: str, impl: str, mode: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = case.make()
-    if impl != "plain":
+    base = impl.removesuffix("-compiled")
+    if base != "plain":
         torch.manual_seed(seed + 1)
-        model = _normalize_all(model, norm, "paranorm" if impl.startswith("paranorm") else impl)
+        model = _normalize_all(model, norm, "paranorm" if base.startswith("paranorm") else base)
     if impl == "paranorm-folded":
         model.eval()
         model = fold(model)
@@ -226,8 +229,11 @@ def _build(case: Case, norm: str, impl: str, mode: str, seed: int) -> nn.Module:
 
 def _step_fn(model: nn.Module, impl: str, mode: str, inputs: list[torch.Tensor]) -> Callable[[], None]:
     params = list(model.parameters())
-    fast = impl in ("paranorm-fast", "paranorm-once")
+    fast = impl in ("paranorm-fast", "paranorm-once", "paranorm-fast-compiled")
     once = impl == "paranorm-once"
+    if impl.endswith("-compiled"):
+        # torch.compile's default (inductor) backend, whole graph or an error: no silent breaks.
+        model = torch.compile(model, fullgraph=True)  # type: ignore[assignment]
 
     if mode == "eval":
         def forward() -> None:
@@ -307,6 +313,9 @@ def _ratios(times: dict[str, dict[str, float]]) -> dict[str, float]:
     t = {k: v["min"] for k, v in times.items()}
     pairs = [(a, "plain") for a in t if a != "plain"]
     pairs += [(a, "torch") for a in ("paranorm", "paranorm-fast", "paranorm-once", "paranorm-folded") if a in t]
+    if "torch-compiled" in t:
+        pairs += [("paranorm-fast-compiled", "torch-compiled"), ("torch-compiled", "plain-compiled"),
+                  ("paranorm-fast-compiled", "plain-compiled")]
     return {f"{a}/{b}": t[a] / t[b] for a, b in pairs}
 
 
@@ -321,10 +330,18 @@ def _overheads(times: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def bench_case(
-    case: Case, norm: str, mode: str, *, repeats: int, warmup: int, target_s: float, seed: int = 0
+    case: Case,
+    norm: str,
+    mode: str,
+    *,
+    repeats: int,
+    warmup: int,
+    target_s: float,
+    seed: int = 0,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Time one case/norm/mode for every implementation; return times, ratios and peak memory."""
-    impls = _implementations(case, norm, mode)
+    impls = _implementations(case, norm, mode, compiled)
     torch.manual_seed(seed + 7)
     inputs = [torch.randn(case.input_shape) for _ in range(case.calls)]
     fns = {impl: _step_fn(_build(case, norm, impl, mode, seed), impl, mode, inputs) for impl in impls}
@@ -377,13 +394,15 @@ def run_suite(
     target_s: float = 0.004,
     modes: Sequence[str] = ("train", "eval"),
     threads: int = BENCH_THREADS,
+    compile_cases: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the cases ``case_ids`` (keys of :data:`CASES`); return a JSON-able report.
 
     ``repeats`` samples per implementation after ``warmup`` dropped rounds; each sample times
     enough calls to last about ``target_s`` seconds. torch runs on ``threads`` threads for the
-    duration (restored after).
+    duration (restored after). Cases in ``compile_cases`` also time ``torch.compile``'d
+    training steps (plain, torch, paranorm-fast), compilation excluded.
     """
     if repeats < 1 or warmup < 0 or target_s <= 0:
         raise ParanormError(
@@ -403,7 +422,8 @@ def run_suite(
                     if progress is not None:
                         progress(f"{case.id} {norm} {mode}")
                     results.append(
-                        bench_case(case, norm, mode, repeats=repeats, warmup=warmup, target_s=target_s)
+                        bench_case(case, norm, mode, repeats=repeats, warmup=warmup,
+                                   target_s=target_s, compiled=case.id in compile_cases)
                     )
     finally:
         torch.set_num_threads(previous)

@@ -46,16 +46,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "(warm-up dropped), ratios of minima and peak memory."
         ),
     )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help=f"a few cases, fewer repeats: under a minute ({', '.join(QUICK)})")
-    size.add_argument("--cases", type=_case_list, metavar="ID[,ID...]",
-                      help="run only these case ids (see --list)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a few cases, fewer repeats: under a minute ({', '.join(QUICK)})")
+    parser.add_argument("--cases", type=_case_list, metavar="ID[,ID...]",
+                        help="run these case ids instead (see --list); with --quick, quickly")
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
     parser.add_argument("--repeats", type=_positive_int, default=None,
                         help="timed samples per implementation (default 30, 7 with --quick)")
     parser.add_argument("--mode", choices=("train", "eval", "both"), default="both",
                         help="training step, eval forward or both (default both)")
+    parser.add_argument("--threads", type=_positive_int, default=BENCH_THREADS,
+                        help=f"torch threads while timing (default {BENCH_THREADS}: fixed, so runs compare)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.set_defaults(func=run)
@@ -67,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
         for case_id, case in CASES.items():
             print(f"{case_id:32s} {case.description}")
         return 0
-    ids = QUICK if args.quick else (args.cases or FULL)
+    ids = args.cases or (QUICK if args.quick else FULL)
     repeats = args.repeats or (7 if args.quick else 30)
     modes = ("train", "eval") if args.mode == "both" else (args.mode,)
     quiet = args.json or args.markdown
     progress = None if quiet else (lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     report = run_suite(ids, repeats=repeats, warmup=2 if args.quick else 3,
-                       target_s=0.002 if args.quick else 0.004, modes=modes, progress=progress)
+                       target_s=0.002 if args.quick else 0.004, modes=modes, threads=args.threads,
+                       progress=progress)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -1,0 +1,51 @@
+"""The full benchmark suite: every case of paranorm.bench.FULL, training step and eval forward.
+
+    .venv/bin/python benchmarks/suite.py [--repeats 30] [--compile] [--json PATH]
+
+Prints the markdown table that README's "Performance" section shows, and the summary of the
+issue's targets; ``--json PATH`` also writes the whole report (atomically). torch runs on
+paranorm.bench.BENCH_THREADS (2) threads. ``--compile`` adds torch.compile'd training steps
+for the cases in COMPILE_CASES (inductor; compilation is excluded from the times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+from paranorm.bench import FULL, markdown_table, run_suite
+
+COMPILE_CASES = ("linear-1024-1024-b1", "sngan-d-b16")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--compile", action="store_true", help=f"also time compiled steps of {COMPILE_CASES}")
+    parser.add_argument("--json", metavar="PATH", help="write the full report here")
+    args = parser.parse_args(argv)
+    report = run_suite(
+        FULL,
+        repeats=args.repeats,
+        compile_cases=COMPILE_CASES if args.compile else (),
+        progress=lambda text: print(f"  {text}", file=sys.stderr, flush=True),
+    )
+    meta = report["meta"]
+    print(f"CPU, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}, "
+          f"min of {meta['repeats']} interleaved samples\n")
+    print(markdown_table(report))
+    print()
+    print(json.dumps(report["summary"], indent=2))
+    if args.json:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, suffix=".tmp") as tmp:
+            json.dump(report, tmp, indent=2)
+        os.replace(tmp.name, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

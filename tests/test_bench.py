@@ -1,0 +1,93 @@
+"""``paranorm bench``: the report is complete and self-consistent (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from paranorm.bench import CASES, FULL, QUICK, markdown_table, peak_bytes, run_suite, select_cases
+from paranorm.cli import main
+from paranorm.errors import ParanormError
+
+
+def check_consistent(result):
+    times = {k: v["min"] for k, v in result["times_s"].items()}
+    assert result["ratios"], result
+    for key, ratio in result["ratios"].items():
+        a, b = key.split("/")
+        assert ratio == pytest.approx(times[a] / times[b], rel=1e-12)
+    for key, share in result["overheads"].items():
+        a = key.split("-overhead/")[0]
+        expected = (times[a] - times["plain"]) / (times["torch"] - times["plain"])
+        assert share == pytest.approx(expected, rel=1e-12)
+    for stats in result["times_s"].values():
+        assert 0 < stats["min"] <= stats["median"]
+    assert set(result["peak_bytes"]) == set(result["times_s"])
+
+
+def test_quick_json_on_a_tiny_case(capsys):
+    # One thread: on a loaded 2-core machine two threads wait on each other in every kernel.
+    code = main(["bench", "--quick", "--json", "--cases", "linear-16-8-b2", "--repeats", "2",
+                 "--threads", "1"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["meta"]["threads"] == 1 and report["meta"]["repeats"] == 2
+    results = report["results"]
+    assert [(r["norm"], r["mode"]) for r in results] == [
+        ("weight_norm", "train"), ("weight_norm", "eval"), ("spectral_norm", "train"), ("spectral_norm", "eval")
+    ]
+    for r in results:
+        check_consistent(r)
+        expected = {"plain", "torch-legacy", "torch", "paranorm"}
+        expected |= {"paranorm-fast"} if r["mode"] == "train" else {"paranorm-folded"}
+        assert set(r["times_s"]) == expected
+    # A training step of Linear(16, 8) allocates at least its gradients: (8*16 + 8) float32s.
+    train = results[0]
+    assert train["peak_bytes"]["plain"] >= (8 * 16 + 8) * 4
+    assert set(report["summary"]) >= {"weight_norm", "spectral_norm", "eval_folded_over_plain"}
+
+
+def test_discriminator_called_twice_has_the_once_policy():
+    report = run_suite(["tiny-d-b2"], repeats=2, warmup=0, target_s=1e-4, modes=("train",), threads=1)
+    (result,) = report["results"]
+    assert result["calls_per_step"] == 2
+    assert "paranorm-once" in result["times_s"]
+    check_consistent(result)
+    assert "paranorm-once-overhead/torch-overhead" in result["overheads"] or result["overheads"] == {}
+    table = markdown_table(report)
+    assert table.count("\n") == 2 and "tiny-d-b2" in table and "train: once" in table
+
+
+def test_thread_setting_is_restored():
+    before = torch.get_num_threads()
+    run_suite(["linear-16-8-b2"], repeats=1, warmup=0, target_s=1e-4, modes=("eval",), threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_peak_bytes_counts_a_known_allocation():
+    def fn():
+        a = torch.ones(25_000)  # 100 000 bytes, alive together with b
+        b = torch.ones(5_000)
+        del a, b
+
+    assert peak_bytes(fn) >= 120_000
+
+
+def test_unknown_case_is_an_error(capsys):
+    with pytest.raises(ParanormError, match="unknown case.*nope"):
+        select_cases(["nope"])
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--cases", "nope"])
+    assert exc.value.code == 2
+    assert "unknown case" in capsys.readouterr().err
+    with pytest.raises(ParanormError, match="repeats >= 1"):
+        run_suite(["linear-16-8-b2"], repeats=0)
+
+
+def test_suites_name_known_cases_and_cover_the_issue():
+    assert set(QUICK) <= set(FULL) <= set(CASES)
+    kinds = {CASES[c].id.split("-")[0] for c in FULL}
+    assert {"linear", "conv1d", "conv2d", "convtr1d", "hifigan", "sngan"} <= kinds
+    assert CASES["sngan-d-b16"].calls == 2
