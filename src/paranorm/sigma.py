@@ -275,8 +275,8 @@ def _power(layer: Layer, shape: tuple[int, ...] | None, iterations: int) -> Sigm
 def fft_sizes(geo: ops.Geometry, shape: tuple[int, ...]) -> tuple[list[int], int, bool]:
     """(grid, copies, exact): the circular grid whose sigma bounds the layer at ``shape``.
 
-    Circular padding of total d (k - 1): the layer is S o (circular conv on the input grid),
-    exact at stride 1. Zeros: a valid conv of the padded size Np = n + l + r is a submatrix of
+    Circular padding of total d (k - 1), or a 1 x 1 kernel without padding: the layer is
+    S o (circular conv on the input grid), exact at stride 1. Zeros: a valid conv of the padded size Np = n + l + r is a submatrix of
     the circular conv on Np points. Other paddings: ||P|| ||valid conv on Np||, ||P||^2 =
     ``copies``. Transposed: the full transposed conv on the zero-upsampled input,
     (n - 1) s + 1 + d (k - 1) points, of which the layer keeps a crop.
@@ -285,22 +285,31 @@ def fft_sizes(geo: ops.Geometry, shape: tuple[int, ...]) -> tuple[list[int], int
     if geo.transposed:
         grid = [(n - 1) * s + geo.extent(a) for a, (n, s) in enumerate(zip(sizes, geo.stride))]
         return grid, 1, False
+    stride_one = all(s == 1 for s in geo.stride)
     if geo.padding_mode == "circular" and geo.pads_wrap_exactly:
-        return sizes, 1, all(s == 1 for s in geo.stride)
+        return sizes, 1, stride_one
+    if all(k == 1 for k in geo.kernel) and not any(l or r for l, r in geo.padding):
+        return sizes, 1, stride_one  # a 1 x 1 conv without padding is circular too
     grid = [n + l + r for n, (l, r) in zip(sizes, geo.padding)]
     return grid, ops.pad_copies(geo, shape), False
 
 
 def _fft(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
-    weight = layer.weight.to(_work_dtype(layer.weight))
+    # float64, and an upper bound rounded up (see _certified): float32 would put a tight bound
+    # an ulp below the truth.
+    weight = layer.weight.to(torch.float64)
+    dtype = _work_dtype(layer.weight)
     if layer.geo.is_matrix:
         # A matrix is a 1 x 1 convolution on one point: its one frequency matrix is W.
-        return SigmaResult(torch.linalg.matrix_norm(weight, ord=2), "exact", "fft", None)
+        value = torch.linalg.matrix_norm(weight, ord=2)
+        return SigmaResult(value.to(dtype), "exact", "fft", None)
     shape = _need_shape(layer, shape, "fft")
     grid, copies, exact = fft_sizes(layer.geo, shape)
     mats = est.frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
     value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies)
-    return SigmaResult(value, "exact" if exact else "upper", "fft", None)
+    if exact:
+        return SigmaResult(value.to(dtype), "exact", "fft", None)
+    return SigmaResult(_certified(value, dtype), "upper", "fft", None)
 
 
 def _certified(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
