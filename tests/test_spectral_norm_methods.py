@@ -208,3 +208,19 @@ def test_failed_call_leaves_the_module_unchanged():
         pn.spectral_norm(conv, method="power", input_shape=(5, 8))
     assert not hasattr(conv, "parametrizations")
     assert not conv._forward_pre_hooks
+
+
+def test_a_given_input_shape_is_fixed():
+    conv = pn.spectral_norm(nn.Conv1d(2, 3, 3, padding=1), method="power", input_shape=(2, 16))
+    conv(torch.randn(1, 2, 9))
+    assert conv.parametrizations.weight[0].input_shape == (2, 16)
+    assert [k for k in conv.state_dict() if "_x_" in k] == ["parametrizations.weight.0._x_2x16"]
+
+
+def test_removed_parametrization_stops_watching():
+    from torch.nn.utils import parametrize
+
+    conv = pn.spectral_norm(nn.Conv1d(2, 3, 3), method="power")
+    parametrize.remove_parametrizations(conv, "weight")
+    out = conv(torch.randn(1, 2, 9))  # the stale pre-hook does nothing
+    assert out.shape == (1, 3, 7)

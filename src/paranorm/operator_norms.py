@@ -8,8 +8,11 @@ normalized layer is really 1-Lipschitz (or c-Lipschitz with ``coeff=c``):
   ``_x_<in_features>`` for Linear), advanced by ``n_power_iterations`` steps of
   x <- A^T A x / ||A^T A x|| per training forward, sigma = ||A x|| with x held constant (a lower
   estimate, like torch's u^T W v; Gouk et al. 2021). Only the layer knows its input size: it is
-  ``input_shape=`` or the shape the module sees on its forward (a forward pre-hook), and a new
-  shape gets its own vector, warmed up.
+  ``input_shape=`` (fixed), or else every shape the module sees on its forward (a forward
+  pre-hook), each new one getting its own vector, warmed up. With inputs of many sizes (audio
+  of varying length) pass ``input_shape``: for zero padding at stride 1 the operator at a
+  shorter input is a compression of the one at a longer input, so the longest size's sigma
+  bounds the shorter ones.
 - "fft": Sedghi et al. 2019 at the current input size: exact for circular padding at stride 1,
   a certified upper bound otherwise (see :mod:`paranorm.sigma`). Stateless, differentiable.
 - "gram": Gram iteration (Delattre et al. 2023/2024): an upper bound; for zero padding the
@@ -25,6 +28,15 @@ other's and "power"'s weights; "power" loads a checkpoint without ``_x_*`` (keep
 vectors) and creates the ``_x_*`` buffers it finds. Vectors that mean something else (the
 reshape method's ``_u``/``_v``, of the reshaped matrix; ``_x_*`` into a stateless method) are
 refused by name.
+
+Example:
+    >>> import torch, paranorm as pn
+    >>> _ = torch.manual_seed(0)
+    >>> conv = pn.spectral_norm(torch.nn.Conv2d(3, 8, 3, padding=1), method="gram")
+    >>> float(pn.sigma(conv, "svd", input_shape=(3, 8, 8))) <= 1.0  # 1-Lipschitz at any size
+    True
+    >>> float(pn.sigma(pn.spectral_norm(torch.nn.Conv2d(3, 8, 3, padding=1)), "svd", input_shape=(3, 8, 8))) > 1.2
+    True
 """
 
 from __future__ import annotations
@@ -74,6 +86,8 @@ class OperatorSpectralNorm(SpectralNorm):
         self.geometry = geometry
         self.where = where
         self.input_shape: tuple[int, ...] | None = input_shape
+        # A given input_shape is fixed; without one, every new shape the layer sees is taken.
+        self.tracks_input = input_shape is None and not geometry.is_matrix
         if geometry.is_matrix:
             self.input_shape = (weight.shape[1],)
         self._name = "weight"
@@ -113,12 +127,15 @@ class OperatorSpectralNorm(SpectralNorm):
 
     def attach(self, module: nn.Module) -> None:
         """Watch the module's inputs (a forward pre-hook) to learn the input shape."""
-        if not self.geometry.is_matrix:
+        if self.tracks_input:
             self._pre_hook = module.register_forward_pre_hook(self._see_input)
 
     def _see_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor):
             return
+        holders = getattr(module, "parametrizations", {})
+        if self._name not in holders or not any(p is self for p in holders[self._name]):
+            return  # removed from the module since (paranorm.remove, remove_parametrizations)
         x = args[0]
         shape = tuple(x.shape[1:]) if x.ndim == self.geometry.spatial + 2 else tuple(x.shape)
         if shape == self.input_shape:
