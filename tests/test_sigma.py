@@ -211,3 +211,23 @@ def test_the_submodule_is_callable_too():
 def test_bad_input(call, match):
     with pytest.raises(ParanormError, match=match):
         call()
+
+
+def test_kernel_gram_bound_stays_tight_with_many_channels():
+    # The triangle inequality over the taps keeps the bound from growing with the channels.
+    torch.manual_seed(0)
+    w = torch.randn(48, 48, 3, dtype=torch.float64) / 12
+    fine = torch.linalg.matrix_norm(est.frequency_matrices(w, [512], [1], 1), ord=2).max().item()
+    bound = est.kernel_gram_bound(w, 1, 4).item()
+    assert fine <= bound <= 1.05 * fine
+
+
+def test_half_precision_weight():
+    torch.manual_seed(0)
+    conv = nn.Conv1d(4, 4, 3, padding=1)
+    truth = float(pn.sigma(conv.double(), "svd", input_shape=(4, 16)))
+    half = conv.half()
+    for method in ("power", "fft", "gram", "svd"):
+        r = pn.sigma(half, method, input_shape=(4, 16))
+        assert r.value.dtype == torch.float32
+        assert float(r) == pytest.approx(truth, rel=2e-3 if r.kind != "upper" else 0.2)

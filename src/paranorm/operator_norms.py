@@ -21,7 +21,8 @@ normalized layer is really 1-Lipschitz (or c-Lipschitz with ``coeff=c``):
 Before a convolution has seen any input (and with no ``input_shape``), "power" and "fft" divide
 by the size-independent "gram" bound, so the layer is never more than 1-Lipschitz meanwhile.
 ``n_power_iterations`` is unused by "fft" and "gram"; "gram" takes ``iterations=`` (Gram steps).
-The bounds are taken in float64 and rounded up, as :func:`paranorm.sigma` does.
+The bounds are computed in the weight's precision (float32 at least) on every forward, so
+they hold up to its rounding; :func:`paranorm.sigma` takes them in float64 and rounds up.
 
 state_dict: "fft" and "gram" keep only ``parametrizations.<name>.original``, so they load each
 other's and "power"'s weights; "power" loads a checkpoint without ``_x_*`` (keeping its own
@@ -59,6 +60,10 @@ __all__ = ["FFTSpectralNorm", "GramSpectralNorm", "OperatorSpectralNorm", "Power
 
 #: Power steps for a new input shape's vector, from the Fourier warm start.
 POWER_WARMUP_ITERATIONS = 30
+#: Multiply-adds allowed to the last product of the kernel-domain Gram bound per forward
+#: (it picks the default number of steps; ``iterations=`` overrides it): the bound is
+#: recomputed on every forward, so it gets a twentieth of pn.sigma's budget.
+GRAM_BUDGET = 2e8
 _X_KEY = re.compile(r"_x_(\d+(?:x\d+)*)$")
 
 
@@ -157,7 +162,7 @@ class OperatorSpectralNorm(SpectralNorm):
 
     def fallback_sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """The size-independent Gram bound, used until a conv has seen its input size."""
-        return sigma_mod._gram(self.layer(weight), None, None).value
+        return sigma_mod._gram(self.layer(weight), None, None, precise=False, budget=GRAM_BUDGET).value
 
     def _foreign_keys(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
         own = {prefix + n for n, _ in self.named_buffers(recurse=False)}
@@ -277,7 +282,7 @@ class FFTSpectralNorm(OperatorSpectralNorm):
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         if self.input_shape is None:
             return self.fallback_sigma(weight)
-        return sigma_mod._fft(self.layer(weight), self.input_shape).value
+        return sigma_mod._fft(self.layer(weight), self.input_shape, precise=False).value
 
 
 class GramSpectralNorm(OperatorSpectralNorm):
@@ -295,7 +300,8 @@ class GramSpectralNorm(OperatorSpectralNorm):
         self.iterations = iterations
 
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
-        return sigma_mod._gram(self.layer(weight), self.input_shape, self.iterations).value
+        layer = self.layer(weight)
+        return sigma_mod._gram(layer, self.input_shape, self.iterations, precise=False, budget=GRAM_BUDGET).value
 
 
 METHODS.update({"power": PowerSpectralNorm, "fft": FFTSpectralNorm, "gram": GramSpectralNorm})

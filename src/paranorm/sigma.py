@@ -62,7 +62,7 @@ GRAM_CIRCULAR_ITERATIONS = 8
 #: The kernel-domain bound's kernel grows to 2^N (k - 1) + 1 per axis; by default N is the
 #: most steps (2..6) whose last product stays under this many multiply-adds
 #: (:func:`paranorm.estimators.kernel_gram_iterations`).
-GRAM_KERNEL_BUDGET = 2e9
+GRAM_KERNEL_BUDGET = 4e9
 #: The dense oracle's limits: the smaller side of the operator matrix, and its entries.
 #: Relative widening of the float64 bounds: their matrix products round at ~1e-16 per step,
 #: and a bound that is tight (matrices, circular convs) would otherwise sit an ulp below.
@@ -294,11 +294,12 @@ def fft_sizes(geo: ops.Geometry, shape: tuple[int, ...]) -> tuple[list[int], int
     return grid, ops.pad_copies(geo, shape), False
 
 
-def _fft(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
-    # float64, and an upper bound rounded up (see _certified): float32 would put a tight bound
-    # an ulp below the truth.
-    weight = layer.weight.to(torch.float64)
+def _fft(layer: Layer, shape: tuple[int, ...] | None, precise: bool = True) -> SigmaResult:
+    # precise: float64, and an upper bound rounded up (see _certified): float32 would put a
+    # tight bound an ulp below the truth. The parametrizations, run every step, pass False
+    # and compute in the weight's own precision (float32 at least).
     dtype = _work_dtype(layer.weight)
+    weight = layer.weight.to(torch.float64 if precise else dtype)
     if layer.geo.is_matrix:
         # A matrix is a 1 x 1 convolution on one point: its one frequency matrix is W.
         value = torch.linalg.matrix_norm(weight, ord=2)
@@ -307,8 +308,8 @@ def _fft(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
     grid, copies, exact = fft_sizes(layer.geo, shape)
     mats = est.frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
     value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies)
-    if exact:
-        return SigmaResult(value.to(dtype), "exact", "fft", None)
+    if exact or not precise:
+        return SigmaResult(value.to(dtype), "exact" if exact else "upper", "fft", None)
     return SigmaResult(_certified(value, dtype), "upper", "fft", None)
 
 
@@ -322,10 +323,18 @@ def _certified(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return cast + torch.where(low, bump, torch.zeros_like(bump))
 
 
-def _gram(layer: Layer, shape: tuple[int, ...] | None, iterations: int | None) -> SigmaResult:
-    # Bounds are computed in float64 and rounded up: many squarings in float32 would blur the
-    # last digits of a number that is meant to be a guarantee.
-    weight = layer.weight.to(torch.float64)
+def _gram(
+    layer: Layer,
+    shape: tuple[int, ...] | None,
+    iterations: int | None,
+    precise: bool = True,
+    budget: float | None = None,
+) -> SigmaResult:
+    # precise: computed in float64 and rounded up, since many squarings in float32 would blur
+    # the last digits of a number that is meant to be a guarantee. The parametrizations pass
+    # False (the weight's own precision, float32 at least) and a smaller budget.
+    dtype = _work_dtype(layer.weight)
+    weight = layer.weight.to(torch.float64 if precise else dtype)
     geo = layer.geo
     if geo.is_matrix:
         n = _iterations(iterations, GRAM_MATRIX_ITERATIONS)
@@ -335,11 +344,12 @@ def _gram(layer: Layer, shape: tuple[int, ...] | None, iterations: int | None) -
         mats = est.frequency_matrices(weight, shape[1:], geo.dilation, geo.groups)
         value = est.gram_iteration(mats, n).amax()
     else:
-        n = _iterations(iterations, est.kernel_gram_iterations(weight, geo.groups, GRAM_KERNEL_BUDGET))
+        default = est.kernel_gram_iterations(weight, geo.groups, budget or GRAM_KERNEL_BUDGET)
+        n = _iterations(iterations, default)
         circular_exact = geo.padding_mode == "circular" and geo.pads_wrap_exactly
         copies = 1 if geo.transposed or circular_exact else ops.pad_copies(geo, shape)
         value = est.kernel_gram_bound(weight, geo.groups, n) * math.sqrt(copies)
-    return SigmaResult(_certified(value, _work_dtype(layer.weight)), "upper", "gram", n)
+    return SigmaResult(_certified(value, dtype) if precise else value, "upper", "gram", n)
 
 
 def sigma(
