@@ -206,6 +206,7 @@ def test_the_submodule_is_callable_too():
         (lambda: pn.sigma(torch.zeros(2, 2), "svd", strides=2), "unknown argument"),
         (lambda: pn.sigma(nn.Linear(2, 2), "power", iterations=0), "iterations must be a positive int"),
         (lambda: pn.sigma(nn.Linear(2, 2), "reshape", dim=2), "dim=2 is not an axis"),
+        (lambda: pn.sigma(nn.LazyConv1d(2, 3), "gram"), "lazy, uninitialized"),
     ],
 )
 def test_bad_input(call, match):

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from . import estimators as est
@@ -115,6 +116,11 @@ def layer_of(module_or_weight: nn.Module | torch.Tensor, **layer_args: Any) -> L
     dim = layer_args.pop("dim", None)
     weight: torch.Tensor
     geo: ops.Geometry
+    if isinstance(getattr(module_or_weight, "weight", module_or_weight), UninitializedParameter):
+        raise ParanormError(
+            f"sigma: the weight of {type(module_or_weight).__name__} is a lazy, uninitialized "
+            "parameter. Run one forward pass first."
+        )
     if isinstance(module_or_weight, nn.Module):
         module: Any = module_or_weight
         kind = type_before_parametrizations(module)
