@@ -131,7 +131,7 @@ def measure(case: Case, methods: tuple[str, ...]) -> Row:
         row.reference = float(ref)
         row.results["oracle"] = (float(ref), ref.kind, seconds)
     for method in methods:
-        result, seconds = timed(lambda: pn.sigma(m, method, input_shape=case.shape))
+        result, seconds = timed(lambda method=method: pn.sigma(m, method, input_shape=case.shape))
         row.results[method] = (float(result), result.kind, seconds)
     if ref is None:
         row.notes.append("no oracle at this size (dense matrix too large, not circular)")
@@ -179,12 +179,19 @@ def render(rows: list[Row], methods: tuple[str, ...], console: Console) -> None:
 
 def summary(rows: list[Row], console: Console) -> None:
     with_ref = [r for r in rows if not math.isnan(r.reference)]
+
     def worst(method: str, pick: Callable[[Row], bool]) -> str:
         errs = [abs(r.results[method][0] - r.reference) / r.reference for r in with_ref if method in r.results and pick(r)]
         return f"{max(errs):.1e} over {len(errs)} layers" if errs else "n/a"
-    circ = lambda r: r.reference_how == "fft"  # noqa: E731
-    matrix = lambda r: r.case.name.startswith("Linear")  # noqa: E731
-    zero = lambda r: r.reference_how == "svd" and not r.case.name.startswith("Linear")  # noqa: E731
+    def circ(r: Row) -> bool:
+        return r.reference_how == "fft"
+
+    def matrix(r: Row) -> bool:
+        return r.case.name.startswith("Linear")
+
+    def zero(r: Row) -> bool:
+        return r.reference_how == "svd" and not matrix(r)
+
     console.print(f"power  |rel err| worst: {worst('power', lambda r: True)} (target 1e-3)")
     console.print(f"fft    |rel err| worst on circular: {worst('fft', circ)} (target 1e-5)")
     console.print(f"gram   rel gap worst on matrices: {worst('gram', matrix)}, on circular: {worst('gram', circ)} (target 1e-2)")
