@@ -234,3 +234,13 @@ def test_half_precision_weight():
         r = pn.sigma(half, method, input_shape=(4, 16))
         assert r.value.dtype == torch.float32
         assert float(r) == pytest.approx(truth, rel=2e-3 if r.kind != "upper" else 0.2)
+
+
+def test_power_without_the_fourier_warm_start(monkeypatch):
+    # Large layers skip the warm start (its SVDs would cost more than they save).
+    monkeypatch.setattr(sigma_module, "WARM_START_MAX_ENTRIES", 0)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    truth = float(pn.sigma(conv, "svd", input_shape=(3, 6, 6)))
+    power = float(pn.sigma(conv, "power", input_shape=(3, 6, 6)))
+    assert truth * (1 - 1e-3) <= power <= truth * (1 + 1e-12)

@@ -25,10 +25,11 @@ The bounds are computed in the weight's precision (float32 at least) on every fo
 they hold up to its rounding; :func:`paranorm.sigma` takes them in float64 and rounds up.
 
 state_dict: "fft" and "gram" keep only ``parametrizations.<name>.original``, so they load each
-other's and "power"'s weights; "power" loads a checkpoint without ``_x_*`` (keeping its own
-vectors) and creates the ``_x_*`` buffers it finds. Vectors that mean something else (the
+other's state_dicts; "power" loads theirs too (keeping its own vectors) and creates the
+``_x_*`` buffers it finds in a "power" checkpoint. Vectors that mean something else (the
 reshape method's ``_u``/``_v``, of the reshaped matrix; ``_x_*`` into a stateless method) are
-refused by name.
+refused by name, under strict=False too; drop those keys to load the weight. (Loading into
+"reshape" follows torch: its ``_u``/``_v`` must be in the checkpoint.)
 
 Example:
     >>> import torch, paranorm as pn

@@ -58,6 +58,9 @@ POWER_ITERATIONS = 100
 #: "power" iterates a block of this many vectors (subspace iteration): a conv's top singular
 #: values cluster, and a block resolves the cluster at the rate sigma_(b+1) / sigma_1.
 POWER_BLOCK = 8
+#: The Fourier warm start takes an SVD of every frequency's matrix: skipped above this many
+#: DFT entries (e.g. 512 channels at 64 x 64), where it would cost more than it saves.
+WARM_START_MAX_ENTRIES = 2**23
 GRAM_MATRIX_ITERATIONS = 10
 GRAM_CIRCULAR_ITERATIONS = 8
 #: The kernel-domain bound's kernel grows to 2^N (k - 1) + 1 per axis; by default N is the
@@ -245,10 +248,13 @@ def warm_start(weight: torch.Tensor, geo: ops.Geometry, shape: tuple[int, ...]) 
 
     For a conv, the better of the two Fourier plane waves
     (:func:`paranorm.estimators.fourier_start`) plus a seeded random vector of the same norm;
-    for a matrix, the random vector. Any start gives a lower estimate; a good one converges
+    for a matrix, or a conv whose kernel DFT would exceed WARM_START_MAX_ENTRIES, the random
+    vector. Any start gives a lower estimate; a good one converges
     sooner.
     """
-    if geo.is_matrix:
+    sizes = shape[1:]
+    dft_entries = math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1) * weight.shape[0] * weight.shape[1] if sizes else 0
+    if geo.is_matrix or dft_entries > WARM_START_MAX_ENTRIES:
         return start_vector((1, *shape), weight.dtype, weight.device)
     waves = est.fourier_start(weight, shape[1:], geo.dilation, geo.groups, geo.transposed)
     gains = torch.linalg.vector_norm(ops.apply(weight, geo, waves).flatten(1), dim=1)
