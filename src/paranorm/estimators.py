@@ -17,6 +17,7 @@ __all__ = [
     "block_sigma",
     "fourier_start",
     "frequency_matrices",
+    "strided_frequency_matrices",
     "gram_iteration",
     "kernel_gram_bound",
     "kernel_gram_iterations",
@@ -123,6 +124,28 @@ def frequency_matrices(
     o, i = weight.shape[:2]
     k_hat = k_hat.reshape(groups, o // groups, i, -1).permute(3, 0, 1, 2)
     return k_hat.reshape(-1, o // groups, i)
+
+
+def strided_frequency_matrices(
+    weight: torch.Tensor, sizes: Sequence[int], dilation: Sequence[int], groups: int, stride: Sequence[int]
+) -> torch.Tensor:
+    """The matrices whose singular values are those of a strided circular convolution.
+
+    Keeping every s-th output of the circular convolution C on n points (s divides n) folds
+    the frequencies: with unitary DFTs, the output at frequency xi (of n/s) is
+    (1/sqrt(s)) sum_j K(xi + j n/s) x(xi + j n/s). So the operator is block-diagonal with one
+    c_out/g x (s c_in/g) block [K(xi + j n/s)]_j / sqrt(s) per xi and group (per axis, s^d
+    aliases in d dims): Sedghi et al.'s method carried over to strides. Shape
+    (prod(n/s) * groups, c_out/g, prod(s) c_in/g), complex.
+    """
+    spatial = len(sizes)
+    k_hat = torch.fft.fftn(periodic_kernel(weight, sizes, dilation), dim=tuple(range(2, 2 + spatial)))
+    o, i = weight.shape[:2]
+    split = [v for n, s in zip(sizes, stride) for v in (s, n // s)]
+    k_hat = k_hat.reshape(groups, o // groups, i, *split)
+    perm = [0, *(4 + 2 * a for a in range(spatial)), 1, *(3 + 2 * a for a in range(spatial)), 2]
+    aliases = math.prod(stride)
+    return k_hat.permute(perm).reshape(-1, o // groups, aliases * i) / math.sqrt(aliases)
 
 
 def gram_iteration(matrices: torch.Tensor, n_iterations: int) -> torch.Tensor:

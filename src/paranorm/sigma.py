@@ -13,7 +13,9 @@ Methods:
   transposed conv). Lower (Gouk et al. 2021; Farnia et al. 2019).
 - ``"fft"``: Sedghi, Gupta, Long 2019: sigma = max over frequencies of the largest singular value
   of the c_out x c_in matrix of the kernel's DFT at the input size. Exact for circular padding
-  with stride 1; for every other layer an upper bound (see below). Needs ``input_shape``.
+  (and unpadded 1 x 1 kernels) at stride 1, or at a stride that divides the input size (the
+  aliased frequencies fold into one matrix each); for every other layer an upper bound (see
+  below). Needs ``input_shape``.
 - ``"gram"``: Gram iteration (Delattre et al. 2023): upper bound, for matrices and circular convs
   at ``input_shape``; for other convs the kernel-domain bound of Delattre et al. 2024, which holds
   for every input size (so it needs no ``input_shape`` and sits above the value at any one size).
@@ -284,11 +286,30 @@ def _power(layer: Layer, shape: tuple[int, ...] | None, iterations: int) -> Sigm
     return SigmaResult(value, "lower", "power", iterations)
 
 
+def is_circular(geo: ops.Geometry) -> bool:
+    """The layer is a (strided) circular convolution on its input grid: circular padding of
+    total d (k - 1), or a 1 x 1 kernel without padding."""
+    if geo.is_matrix or geo.transposed:
+        return False
+    if geo.padding_mode == "circular" and geo.pads_wrap_exactly:
+        return True
+    return all(k == 1 for k in geo.kernel) and not any(l or r for l, r in geo.padding)
+
+
+def circular_matrices(weight: torch.Tensor, geo: ops.Geometry, sizes: Sequence[int]) -> torch.Tensor:
+    """The frequency matrices of a circular conv (folded by the stride where it divides the
+    size: then exact, :func:`paranorm.estimators.strided_frequency_matrices`)."""
+    if all(s == 1 for s in geo.stride) or not all(n % s == 0 for n, s in zip(sizes, geo.stride)):
+        return est.frequency_matrices(weight, sizes, geo.dilation, geo.groups)
+    return est.strided_frequency_matrices(weight, sizes, geo.dilation, geo.groups, geo.stride)
+
+
 def fft_sizes(geo: ops.Geometry, shape: tuple[int, ...]) -> tuple[list[int], int, bool]:
     """(grid, copies, exact): the circular grid whose sigma bounds the layer at ``shape``.
 
     Circular padding of total d (k - 1), or a 1 x 1 kernel without padding: the layer is
-    S o (circular conv on the input grid), exact at stride 1. Zeros: a valid conv of the padded size Np = n + l + r is a submatrix of
+    S o (circular conv on the input grid), exact where the stride divides the size (the
+    frequencies fold, see :func:`circular_matrices`), else bounded by the stride-1 conv. Zeros: a valid conv of the padded size Np = n + l + r is a submatrix of
     the circular conv on Np points. Other paddings: ||P|| ||valid conv on Np||, ||P||^2 =
     ``copies``. Transposed: the full transposed conv on the zero-upsampled input,
     (n - 1) s + 1 + d (k - 1) points, of which the layer keeps a crop.
@@ -297,11 +318,8 @@ def fft_sizes(geo: ops.Geometry, shape: tuple[int, ...]) -> tuple[list[int], int
     if geo.transposed:
         grid = [(n - 1) * s + geo.extent(a) for a, (n, s) in enumerate(zip(sizes, geo.stride))]
         return grid, 1, False
-    stride_one = all(s == 1 for s in geo.stride)
-    if geo.padding_mode == "circular" and geo.pads_wrap_exactly:
-        return sizes, 1, stride_one
-    if all(k == 1 for k in geo.kernel) and not any(l or r for l, r in geo.padding):
-        return sizes, 1, stride_one  # a 1 x 1 conv without padding is circular too
+    if is_circular(geo):
+        return sizes, 1, all(n % s == 0 for n, s in zip(sizes, geo.stride))
     grid = [n + l + r for n, (l, r) in zip(sizes, geo.padding)]
     return grid, ops.pad_copies(geo, shape), False
 
@@ -318,7 +336,10 @@ def _fft(layer: Layer, shape: tuple[int, ...] | None, precise: bool = True) -> S
         return SigmaResult(value.to(dtype), "exact", "fft", None)
     shape = _need_shape(layer, shape, "fft")
     grid, copies, exact = fft_sizes(layer.geo, shape)
-    mats = est.frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
+    if is_circular(layer.geo):
+        mats = circular_matrices(weight, layer.geo, grid)
+    else:
+        mats = est.frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
     value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies)
     if exact or not precise:
         return SigmaResult(value.to(dtype), "exact" if exact else "upper", "fft", None)
@@ -351,9 +372,9 @@ def _gram(
     if geo.is_matrix:
         n = _iterations(iterations, GRAM_MATRIX_ITERATIONS)
         value = est.gram_iteration(weight, n)
-    elif shape is not None and not geo.transposed and geo.padding_mode == "circular" and geo.pads_wrap_exactly:
+    elif shape is not None and is_circular(geo):
         n = _iterations(iterations, GRAM_CIRCULAR_ITERATIONS)
-        mats = est.frequency_matrices(weight, shape[1:], geo.dilation, geo.groups)
+        mats = circular_matrices(weight, geo, shape[1:])
         value = est.gram_iteration(mats, n).amax()
     else:
         default = est.kernel_gram_iterations(weight, geo.groups, budget or GRAM_KERNEL_BUDGET)
