@@ -17,7 +17,6 @@ __all__ = [
     "block_sigma",
     "fourier_start",
     "frequency_matrices",
-    "strided_frequency_matrices",
     "gram_iteration",
     "kernel_gram_bound",
     "kernel_gram_iterations",
@@ -26,6 +25,7 @@ __all__ = [
     "periodic_kernel",
     "power_iteration_",
     "reshape_sigma",
+    "strided_frequency_matrices",
     "weight_to_matrix",
 ]
 
