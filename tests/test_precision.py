@@ -177,7 +177,9 @@ def _train(norm: str, steps: int = 5, compiled: bool = False) -> dict[str, torch
             pn.weight_norm(layer)
         else:
             pn.spectral_norm(layer, method=norm.split("-", 1)[1])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # SGD, not Adam: Adam's first steps are ~lr * sign(grad), which turns a last-bit difference
+    # in a near-zero gradient entry into a 2 lr jump and would hide what compile changes.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     run = torch.compile(model) if compiled else model
     gen = torch.Generator().manual_seed(1)
@@ -207,6 +209,7 @@ COMPILE_TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
 @pytest.mark.parametrize("norm", NORMS)
 def test_compiled_train_steps_match_eager(norm):
     torch._dynamo.reset()
