@@ -52,9 +52,14 @@ from torch import nn
 
 from . import estimators as est
 from . import operators as ops
-from . import sigma as sigma_mod
 from ._base import float32_or_wider
 from .errors import ParanormError
+
+# By name, not `from . import sigma`: the package's attribute `sigma` is the function.
+from .sigma import Layer, layer_of, warm_start
+from .sigma import _fft as fft_result
+from .sigma import _gram as gram_result
+from .sigma import _iterations as check_iterations
 from .spectral_norm import METHODS, SpectralNorm
 
 __all__ = ["FFTSpectralNorm", "GramSpectralNorm", "OperatorSpectralNorm", "PowerSpectralNorm"]
@@ -120,7 +125,7 @@ class OperatorSpectralNorm(SpectralNorm):
                 f"defined by its 'weight', not {name!r}. Use method='reshape' for other tensors."
             )
         try:
-            layer = sigma_mod.layer_of(module)
+            layer = layer_of(module)
             shape = ops.check_input_shape(layer.weight, layer.geo, input_shape, layer.where)
         except ParanormError as error:
             raise ParanormError(f"spectral_norm(method={cls.method!r}): {error}") from None
@@ -158,12 +163,12 @@ class OperatorSpectralNorm(SpectralNorm):
         """Make ``shape`` the current input shape."""
         self.input_shape = shape
 
-    def layer(self, weight: torch.Tensor) -> sigma_mod.Layer:
-        return sigma_mod.Layer(weight, self.geometry, self.dim, self.where)
+    def layer(self, weight: torch.Tensor) -> Layer:
+        return Layer(weight, self.geometry, self.dim, self.where)
 
     def fallback_sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """The size-independent Gram bound, used until a conv has seen its input size."""
-        return sigma_mod._gram(self.layer(weight), None, None, precise=False, budget=GRAM_BUDGET).value
+        return gram_result(self.layer(weight), None, None, precise=False, budget=GRAM_BUDGET).value
 
     def _foreign_keys(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
         own = {prefix + n for n, _ in self.named_buffers(recurse=False)}
@@ -218,7 +223,7 @@ class PowerSpectralNorm(OperatorSpectralNorm):
     @torch.no_grad()
     def _add_vector(self, weight: torch.Tensor, shape: tuple[int, ...]) -> None:
         work = weight.detach().to(float32_or_wider(weight))
-        x = sigma_mod.warm_start(work, self.geometry, shape)
+        x = warm_start(work, self.geometry, shape)
         self._iterate(work, x, POWER_WARMUP_ITERATIONS)
         self.register_buffer(_buffer_name(shape), x)
 
@@ -283,7 +288,7 @@ class FFTSpectralNorm(OperatorSpectralNorm):
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         if self.input_shape is None:
             return self.fallback_sigma(weight)
-        return sigma_mod._fft(self.layer(weight), self.input_shape, precise=False).value
+        return fft_result(self.layer(weight), self.input_shape, precise=False).value
 
 
 class GramSpectralNorm(OperatorSpectralNorm):
@@ -297,12 +302,12 @@ class GramSpectralNorm(OperatorSpectralNorm):
     ) -> None:
         super().__init__(weight, n_power_iterations, dim, eps, **kwargs)
         if iterations is not None:
-            sigma_mod._iterations(iterations, 1)
+            check_iterations(iterations, 1)
         self.iterations = iterations
 
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         layer = self.layer(weight)
-        return sigma_mod._gram(layer, self.input_shape, self.iterations, precise=False, budget=GRAM_BUDGET).value
+        return gram_result(layer, self.input_shape, self.iterations, precise=False, budget=GRAM_BUDGET).value
 
 
 METHODS.update({"power": PowerSpectralNorm, "fft": FFTSpectralNorm, "gram": GramSpectralNorm})
