@@ -126,6 +126,23 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         ddp(xs)
         results[f"u-{case}"] = state._u.clone()
 
+    # method="power" on a conv creates its vector on the first forward unless input_shape= is
+    # given: DDP lists buffers at construction, so only a vector that existed then is synced.
+    for case in ("power-lazy", "power-input_shape"):
+        torch.manual_seed(0)
+        conv = nn.Conv1d(1, 4, 3)
+        extra = {"input_shape": (1, 10)} if case == "power-input_shape" else {}
+        pn.spectral_norm(conv, method="power", **extra)
+        ddp = DDP(conv)
+        signal = torch.randn(4, 1, 10, generator=torch.Generator().manual_seed(5))
+        ddp(signal)
+        (name, vector), = conv.named_buffers()
+        if rank == 1:
+            with torch.no_grad():
+                vector.copy_(torch.nn.functional.normalize(torch.randn(vector.shape), dim=None))
+        ddp(signal)
+        results[f"x-{case}"] = vector.clone()
+
     # Normalizing after sharding is refused at registration, with the fix in the message.
     sharded = nn.Sequential(nn.Linear(4, 4))
     pnd.fully_shard(sharded)
@@ -179,8 +196,10 @@ def test_ranks_identical_and_equal_single_process(ranks, name, engine):
     ref = _reference(configs()[name])
     states = [r[key] for r in ranks]
     assert set(states[0]) == set(ref)
-    buffers = [k for k in ref if k.endswith(("._u", "._v"))]
-    assert ("spectral" in name) == bool(buffers)
+    buffers = [k for k in ref if k.endswith(("._u", "._v")) or "._x_" in k]
+    # State: the reshape method's u, v and the power method's input-shaped vector; fft and gram
+    # are stateless.
+    assert bool(buffers) == (name in ("spectral_norm-reshape", "spectral_norm-power"))
     for k in ref:
         # Bit for bit the same on every rank: all-reduce gives every rank the same sum.
         assert torch.equal(states[0][k], states[1][k]), (key, k)
@@ -204,6 +223,14 @@ def test_buffer_sync_decides_whose_power_iteration_state_survives(ranks):
     if "forward_sync_buffers" in _no_forward_sync():
         # forward_sync_buffers=False (torch >= 2.13) still syncs once, at construction.
         assert same("no-forward-sync-before")
+
+
+@pytest.mark.slow
+def test_power_vector_created_after_ddp_is_not_synced(ranks):
+    # Registered with input_shape=: the vector exists when DDP is built and is broadcast.
+    assert torch.equal(ranks[0]["x-power-input_shape"], ranks[1]["x-power-input_shape"])
+    # Created by the first forward, after DDP listed the buffers: each rank keeps its own.
+    assert not torch.allclose(ranks[0]["x-power-lazy"], ranks[1]["x-power-lazy"])
 
 
 @pytest.mark.slow

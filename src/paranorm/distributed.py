@@ -2,19 +2,24 @@
 
 What paranorm guarantees (tested on CPU with gloo, 2 processes, in tests/test_distributed.py):
 
-- DDP (``torch.nn.parallel.DistributedDataParallel``): weight norm and spectral norm train as
-  a single process would on the global batch. DDP all-reduces the gradients of g, v and the
-  spectral norm's ``original``; the power-iteration state u, v are buffers. With
-  ``broadcast_buffers=True`` (DDP's default) rank 0's buffers overwrite every other rank's at
-  the start of each forward, before the power step: u, v are then identical on every rank by
-  construction, for one small broadcast per forward. With ``broadcast_buffers=False`` they stay
-  identical only because every rank runs the same deterministic power step on the same weight
-  from the same start (DDP broadcasts buffers once at construction); a rank whose u, v were
-  changed (a checkpoint loaded on one rank only, a nondeterministic kernel) keeps its own and
-  normalizes by a slightly different sigma. paranorm recommends the default,
-  ``broadcast_buffers=True``; turn it off only for speed, and then load checkpoints on every
-  rank. Normalize before wrapping: weight norm creates new parameters that a DDP built
-  earlier does not know.
+- DDP (``torch.nn.parallel.DistributedDataParallel``): weight norm and spectral norm (every
+  method) train as a single process would on the global batch, and every parameter and buffer
+  ends bit-identical on every rank. DDP all-reduces the gradients of g, v or of ``original``;
+  the power-iteration state (the reshape method's u, v, the power method's ``_x_*``) are
+  buffers. With buffer syncing on (DDP's default; ``broadcast_buffers=True``, renamed
+  ``forward_sync_buffers`` in torch 2.13) rank 0's buffers overwrite every other rank's at the
+  start of each forward, before the power step, so the state is identical on every rank by
+  construction, for one small broadcast per forward. Without it the state stays identical only
+  because every rank runs the same deterministic power step on the same weight from the same
+  start; a rank whose vectors were changed (a checkpoint loaded on one rank only) keeps its own
+  and normalizes by a slightly different sigma. The old ``broadcast_buffers=False`` also skips
+  the sync at construction, so ranks seeded differently start from different u, v;
+  ``forward_sync_buffers=False`` still syncs once there. DDP lists the buffers when it is
+  built: the power method's vector for a conv is created by the first forward unless
+  ``input_shape=`` is given, and a vector created later is never synced. paranorm recommends:
+  normalize before wrapping (weight norm creates new parameters an existing DDP does not
+  know), pass ``input_shape=`` to method="power" on convs, keep buffer syncing on, and load
+  checkpoints on every rank.
 - FSDP2 (``torch.distributed.fsdp.fully_shard``): normalize first, then shard. FSDP gathers
   the full g, v (or ``original``) before each forward, so the parametrization sees whole
   tensors; u, v are buffers and are not sharded. :func:`fully_shard` does that with one FSDP
