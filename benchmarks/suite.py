@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda text: print(f"  {text}", file=sys.stderr, flush=True),
     )
     meta = report["meta"]
-    print(f"CPU, {meta['threads']} threads, torch {meta['torch']}, {meta['date']}, "
+    load = meta["load_average_1min_before_after"]
+    print(f"CPU ({meta['cpu_count']} cores, load average {load[0]} before, {load[1]} after), "
+          f"{meta['threads']} threads, torch {meta['torch']}, {meta['date']}, "
           f"min of {meta['repeats']} interleaved samples\n")
     print(markdown_table(report))
     print()

@@ -57,6 +57,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="training step, eval forward or both (default both)")
     parser.add_argument("--threads", type=_positive_int, default=BENCH_THREADS,
                         help=f"torch threads while timing (default {BENCH_THREADS}: fixed, so runs compare)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd training steps (inductor, fullgraph; slow to compile)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.set_defaults(func=run)
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     progress = None if quiet else (lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     report = run_suite(ids, repeats=repeats, warmup=2 if args.quick else 3,
                        target_s=0.002 if args.quick else 0.004, modes=modes, threads=args.threads,
-                       progress=progress)
+                       compile_cases=ids if args.compile else (), progress=progress)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
