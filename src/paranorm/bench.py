@@ -26,7 +26,6 @@ inputs) is not counted; gradients, activations and temporaries are.
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import os
 import statistics
@@ -48,12 +47,12 @@ from .spectral_norm import spectral_norm
 from .weight_norm import weight_norm
 
 __all__ = [
-    "Case",
+    "BENCH_THREADS",
     "CASES",
-    "QUICK",
     "FULL",
     "NORMS",
-    "BENCH_THREADS",
+    "QUICK",
+    "Case",
     "run_suite",
     "select_cases",
 ]
@@ -87,7 +86,7 @@ class HiFiGANGenerator(nn.Module):
         x = self.pre(mel)
         for up, block in zip(self.ups, self.blocks):
             x = up(nn.functional.leaky_relu(x, 0.1))
-            for conv in block:
+            for conv in block:  # type: ignore[attr-defined]  # a ModuleList
                 x = x + conv(nn.functional.leaky_relu(x, 0.1))
         return torch.tanh(self.post(nn.functional.leaky_relu(x, 0.1)))
 
@@ -196,11 +195,12 @@ def _normalize_all(model: nn.Module, norm: str, impl: str) -> nn.Module:
         if impl == "torch-legacy":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                fn = torch.nn.utils.weight_norm if norm == "weight_norm" else torch.nn.utils.spectral_norm
-                fn(layer)
+                legacy: Any = torch.nn.utils.weight_norm if norm == "weight_norm" else torch.nn.utils.spectral_norm
+                legacy(layer)
         elif impl == "torch":
-            fn = torch_parametrizations.weight_norm if norm == "weight_norm" else torch_parametrizations.spectral_norm
-            fn(layer)
+            param: Any = (torch_parametrizations.weight_norm if norm == "weight_norm"
+                          else torch_parametrizations.spectral_norm)
+            param(layer)
         else:
             (weight_norm if norm == "weight_norm" else spectral_norm)(layer)
     return model
@@ -347,10 +347,18 @@ def bench_case(
     impls = _implementations(case, norm, mode, compiled)
     torch.manual_seed(seed + 7)
     inputs = [torch.randn(case.input_shape) for _ in range(case.calls)]
-    fns = {impl: _step_fn(_build(case, norm, impl, mode, seed), impl, mode, inputs) for impl in impls}
+    models = {impl: _build(case, norm, impl, mode, seed) for impl in impls}
+    fns = {impl: _step_fn(models[impl], impl, mode, inputs) for impl in impls}
     samples, inner = _time_interleaved(fns, repeats, warmup, target_s)
     times = {k: {"min": min(v), "median": statistics.median(v)} for k, v in samples.items()}
-    peaks = {impl: peak_bytes(fn) for impl, fn in fns.items()}
+    peaks = {}
+    for impl, fn in fns.items():
+        # Free the last step's gradients first: the profiler counts the free of a block it saw
+        # allocated (in an earlier session) but not of one it did not, so the baseline would
+        # depend on the session history.
+        for param in models[impl].parameters():
+            param.grad = None
+        peaks[impl] = peak_bytes(fn)
     return {
         "case": case.id,
         "description": case.description,
