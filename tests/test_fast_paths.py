@@ -216,3 +216,15 @@ def test_compiles_fullgraph_without_graph_breaks():
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         close(a.grad, b.grad, torch.float32)
     close(uv(model[0])[0], uv(reference[0])[0], torch.float32)  # the power step ran, in place
+
+
+def test_channels_last_weight_matches_torch():
+    theirs, ours, x = twins("conv2d", seed=10)
+    for module in (theirs, ours):
+        module.to(memory_format=torch.channels_last)
+    assert not ours.parametrizations.weight.original.is_contiguous()
+    (theirs(x) ** 2).sum().backward()
+    with pn.fast_paths():
+        (ours(x) ** 2).sum().backward()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        close(a.grad, b.grad, torch.float64)
