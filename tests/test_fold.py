@@ -457,3 +457,18 @@ def test_a_failed_remove_leaves_the_chain_in_its_mode():
         remove(layer)
     assert all(m.training for m in layer.parametrizations.weight.modules())
     assert is_normalized(layer) and len(layer._load_state_dict_pre_hooks) == 1
+
+
+def test_folding_a_deepcopy_leaves_the_original_normalized() -> None:
+    # torch's deepcopy shares the generated Parametrized<Layer> class between the copies;
+    # removing a parametrization from one must not strip `weight` from the other.
+    original = torch.nn.Sequential(
+        pn.weight_norm(torch.nn.Linear(3, 4)), pn.spectral_norm(torch.nn.Linear(4, 2))
+    ).eval()
+    x = torch.randn(5, 3)
+    expected = original(x)
+    folded = pn.fold(copy.deepcopy(original))
+    assert torch.equal(folded(x), expected)
+    assert torch.equal(original(x), expected)
+    assert [info.kind for info in pn.normalizations(original)] == ["weight_norm", "spectral_norm"]
+    assert pn.normalizations(folded) == []

@@ -173,6 +173,18 @@ def _restore_parameter(
         value.requires_grad_(requires_grad)
 
 
+def _own_parametrized_class(module: nn.Module) -> None:
+    """Give ``module`` a private copy of its generated ``Parametrized<Layer>`` class.
+
+    torch's deepcopy of a parametrized module shares that class with the original, and
+    remove_parametrizations deletes the tensor's property from the class: folding the copy
+    would strip ``weight`` from the original too. A private class keeps the two apart.
+    """
+    cls = type(module)
+    namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
+
+
 def _bake_parametrized(module: nn.Module, name: str) -> None:
     chain: parametrize.ParametrizationList = module.parametrizations[name]  # type: ignore[index,union-attr,assignment]
     originals = (
@@ -186,6 +198,7 @@ def _bake_parametrized(module: nn.Module, name: str) -> None:
     # Eval mode: spectral norm then uses its current u, v without a power step.
     modes = [(m, m.training) for m in chain.modules()]
     chain.eval()
+    _own_parametrized_class(module)
     try:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     except Exception:
