@@ -18,6 +18,7 @@ import inspect
 import math
 import os
 import tempfile
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -52,7 +53,7 @@ def build(norm: str, method: str) -> nn.Module:
     return model
 
 
-def ddp_buffer_sync(every_forward: bool) -> dict[str, bool]:
+def ddp_buffer_sync(every_forward: bool) -> dict[str, Any]:
     """DDP's keyword for buffer syncing: torch 2.13 renamed broadcast_buffers.
 
     forward_sync_buffers=False still syncs buffers once at construction; the old
@@ -117,7 +118,7 @@ def main() -> None:
         # Salimans & Kingma's data-dependent init, on the same batch on every rank.
         pn.data_dependent_init(model, x[:512].to(device))
     ddp = DistributedDataParallel(model, **ddp_buffer_sync(not args.no_forward_sync))
-    sampler = DistributedSampler(TensorDataset(x, y), num_replicas=world, rank=rank, seed=2)
+    sampler: DistributedSampler[Any] = DistributedSampler(TensorDataset(x, y), num_replicas=world, rank=rank, seed=2)
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size // world, sampler=sampler)
     opt = torch.optim.Adam(ddp.parameters(), lr=args.lr)
     step, epoch = 0, 0
