@@ -87,6 +87,7 @@ def _perturb(state: nn.Module) -> None:
 
 def _worker(rank: int, port: int, outdir: str) -> None:
     import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from paranorm import distributed as pnd
@@ -106,6 +107,12 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         pnd.fully_shard(model)
         train(model, xs, ys)
         results[f"fsdp-{name}"] = _full(model.state_dict())
+        # FSDP2 mixed precision: bfloat16 compute copies, float32 master weights and reduction.
+        model = build(config)
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        pnd.fully_shard(model, mp_policy=policy)
+        train(model, xs.bfloat16(), ys.bfloat16())
+        results[f"fsdp_bf16-{name}"] = _full(model.state_dict())
 
     # What buffer syncing does to the power-iteration state: rank 1 draws its own u, v, either
     # after DDP is built (only a per-forward sync can undo it) or before (an init sync can).
@@ -207,6 +214,22 @@ def test_ranks_identical_and_equal_single_process(ranks, name, engine):
     # It trained: the parameters moved from their initial values.
     init = build(configs()[name]).state_dict()
     assert any(not torch.allclose(init[k], ref[k]) for k in ref if k not in buffers)
+
+
+#: bfloat16 forward and backward (8 bits of mantissa) for 8 SGD steps. Measured (torch 2.13
+#: CPU): at most 4.6e-3 absolute (float32 DDP and FSDP2: at most 1.3e-7).
+BF16_TOL = {"rtol": 2e-2, "atol": 2e-2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(configs()))
+def test_fsdp_bfloat16_mixed_precision_trains_like_float32(ranks, name):
+    ref = _reference(configs()[name])
+    states = [r[f"fsdp_bf16-{name}"] for r in ranks]
+    for k in ref:
+        assert states[0][k].dtype == ref[k].dtype  # master weights and u, v stay float32
+        assert torch.equal(states[0][k], states[1][k]), k
+        torch.testing.assert_close(states[0][k], ref[k], **BF16_TOL, msg=k)
 
 
 @pytest.mark.slow
