@@ -128,6 +128,21 @@ def test_normalized_weight_under_autocast_is_float32_and_unchanged(norm):
         assert abs(float(torch.linalg.matrix_norm(ref, ord=2)) - 1) < 1e-3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA float16 autocast needs a GPU")
+@pytest.mark.parametrize("method", _spectral_methods())
+def test_cuda_float16_autocast_keeps_sigma_in_float32(method):
+    # Under CUDA autocast torch.mv and conv run in float16; paranorm turns autocast off inside.
+    torch.manual_seed(0)
+    conv = pn.spectral_norm(_big(nn.Conv1d(8, 8, 3, padding=1)).cuda(), method=method)
+    conv.eval()
+    plain = conv.weight.detach().clone()
+    with torch.autocast("cuda", dtype=torch.float16):
+        inside = conv.weight
+        y = conv(torch.randn(2, 8, 16, device="cuda"))
+    assert inside.dtype == torch.float32 and y.dtype == torch.float16
+    torch.testing.assert_close(inside.detach(), plain, rtol=1e-6, atol=0)
+
+
 def test_zero_slices_refused_with_eps_0_and_zero_with_eps():
     layer = nn.Linear(4, 3)
     with torch.no_grad():
