@@ -8,7 +8,6 @@ can refuse to normalize a tensor twice, fold any of them, and list them.
 from __future__ import annotations
 
 import contextlib
-import contextlib
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -100,19 +99,6 @@ def normalized_names(module: nn.Module) -> list[str]:
 def float32_or_wider(t: torch.Tensor) -> torch.dtype:
     """The dtype to compute norms in: float32 for half types, the tensor's own otherwise."""
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
-
-
-def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager[None]:
-    """Turn autocast off on ``t``'s device, if it is on: norms and sigma stay in float32 or wider.
-
-    Under CUDA autocast torch.mv, linear and conv run in float16, which would put the power
-    iteration and the sigma estimators in half precision.
-    """
-    try:
-        enabled = torch.is_autocast_enabled(t.device.type)
-    except RuntimeError:  # a device type autocast does not know (e.g. meta)
-        enabled = False
-    return torch.autocast(t.device.type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def autocast_off(t: torch.Tensor) -> contextlib.AbstractContextManager[None]:
