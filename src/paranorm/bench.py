@@ -272,15 +272,25 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def peak_bytes(fn: Callable[[], None]) -> int:
-    """Peak of (allocated - freed) CPU tensor bytes while ``fn`` runs, from profiler events."""
+def peak_bytes(fn: Callable[[], None], attempts: int = 3) -> int | None:
+    """Peak of (allocated - freed) CPU tensor bytes while ``fn`` runs, from profiler events.
+
+    None if the profiler recorded no allocation in ``attempts`` tries (it occasionally returns
+    an empty trace): "not measured", never a made-up 0.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events: list[tuple[int, int]] = []
+    for _ in range(attempts):
+        with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        events = sorted(
+            (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+        )
+        if events:
+            break
+    if not events:
+        return None
     running = peak = 0
     for _, nbytes in events:
         running += nbytes
@@ -384,7 +394,8 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         key = "paranorm-fast-overhead/torch-overhead"
         shares = [r["overheads"][key] for r in train if key in r["overheads"]]
         vs_torch = [r["ratios"]["paranorm-fast/torch"] for r in train]
-        mem = [r["peak_bytes"]["paranorm-fast"] <= r["peak_bytes"]["torch"] for r in train]
+        mem = [r["peak_bytes"]["paranorm-fast"] <= r["peak_bytes"]["torch"] for r in train
+               if None not in (r["peak_bytes"]["paranorm-fast"], r["peak_bytes"]["torch"])]
         out[norm] = {
             "median_overhead_share_fast": statistics.median(shares) if shares else None,
             "max_fast_over_torch": max(vs_torch),
@@ -464,6 +475,10 @@ def run_suite(
     }
 
 
+def _mib(nbytes: int | None) -> str:
+    return "n/a" if nbytes is None else f"{nbytes / 2**20:.2f}"
+
+
 def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} us"
 
@@ -498,7 +513,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             f"{ra[fast_key + '/plain']:.2f}",
             f"{ra[fast_key + '/torch']:.2f}",
             "-" if share is None else f"{share:.2f}",
-            f"{pk['torch'] / 2**20:.2f} / {pk[fast_key] / 2**20:.2f}",
+            f"{_mib(pk['torch'])} / {_mib(pk[fast_key])}",
         ])
         if compiled:
             rows[-1] += [f"{ra[k]:.2f}" if k in ra else "-" for k in
