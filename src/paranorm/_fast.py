@@ -153,14 +153,17 @@ class _SpectralDivide(torch.autograd.Function):
             inner = (grad * weight).sum()
         # d s / d sigma: 1 for the hard norm; 1/c where the soft clamp is active (torch's clamp
         # passes the gradient at equality too), else 0.
-        slope = 1.0 if ctx.coeff is None else ((sigma / ctx.coeff) >= 1.0).to(sigma.dtype) / ctx.coeff
-        coef = inner * slope / (scale * scale)
         fuse = ctx.dim == 0 and grad.is_contiguous() and grad.device.type == "cpu"
         if fuse and not torch.compiler.is_compiling():
-            # One pass: beta * G + alpha * u v^T. The scalars cost a host read, free on CPU.
-            beta, alpha = torch.stack((scale.reciprocal(), -coef)).tolist()
-            out = torch.addr(grad.reshape(grad.shape[0], -1), u, v, beta=beta, alpha=alpha)
+            # One pass, beta * G + alpha * u v^T, with the scalars read to the host in one go
+            # (free on CPU): fewer small ops, whose dispatch dominates for small weights.
+            inner_f, sigma_f, scale_f = torch.stack((inner, sigma, scale)).tolist()
+            slope_f = 1.0 if ctx.coeff is None else float(sigma_f / ctx.coeff >= 1.0) / ctx.coeff
+            out = torch.addr(grad.reshape(grad.shape[0], -1), u, v, beta=1.0 / scale_f,
+                             alpha=-inner_f * slope_f / (scale_f * scale_f))
             return out.view(grad.shape), None, None, None, None, None
+        slope = 1.0 if ctx.coeff is None else ((sigma / ctx.coeff) >= 1.0).to(sigma.dtype) / ctx.coeff
+        coef = inner * slope / (scale * scale)
         u_w, v_w = _rank_one_shape(u * -coef, v, grad.shape, ctx.dim)
         out = grad / scale
         out.addcmul_(u_w, v_w)
