@@ -12,7 +12,9 @@ Implementations: ``plain`` (no norm), ``torch-legacy`` (``torch.nn.utils.weight_
 default path, bit for bit torch's), ``paranorm-fast`` (the default with
 :func:`paranorm.fast_paths` on), ``paranorm-once`` (fast, inside :func:`paranorm.normalize_once`,
 only for cases called more than once per step) and, for eval, ``paranorm-folded``
-(:func:`paranorm.fold`: plain Parameters).
+(:func:`paranorm.fold`: plain Parameters). With ``compile_cases``, ``plain-compiled``,
+``torch-compiled`` and ``paranorm-fast-compiled`` time ``torch.compile(fullgraph=True)``'d
+training steps, compilation excluded (it happens in the untimed first call).
 
 Training step = zero the grads (set to None), the forward(s), ``sum().backward()``. Eval
 forward = ``model.eval()`` under ``torch.no_grad()``.
@@ -32,7 +34,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,8 +56,8 @@ __all__ = [
     "QUICK",
     "Case",
     "run_suite",
-    "summarize",
     "select_cases",
+    "summarize",
 ]
 
 NORMS = ("weight_norm", "spectral_norm")
@@ -122,7 +124,6 @@ class Case:
     input_shape: tuple[int, ...]
     calls: int = 1
     norms: tuple[str, ...] = NORMS
-    tags: tuple[str, ...] = field(default=())
 
 
 def _linear(i: int, o: int, batch: int) -> Case:
