@@ -207,11 +207,14 @@ def test_compiles_fullgraph_without_graph_breaks():
     x = torch.randn(3, 8)
     y_ref = reference(x)  # eager, default path
     y_ref.square().sum().backward()
-    with pn.fast_paths():
-        # fullgraph=True raises on any graph break; aot_eager traces forward and backward.
-        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-        y = compiled(x)
-        y.square().sum().backward()
+    try:
+        with pn.fast_paths():
+            # fullgraph=True raises on any graph break; aot_eager traces forward and backward.
+            compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+            y = compiled(x)
+            y.square().sum().backward()
+    finally:
+        torch._dynamo.reset()  # leave no compiled code behind for other tests
     close(y, y_ref, torch.float32)
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         close(a.grad, b.grad, torch.float32)
