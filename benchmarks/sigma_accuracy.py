@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,8 @@ from torch import nn
 
 import paranorm as pn
 from paranorm import estimators as est
-from paranorm.sigma import SVD_MAX_ENTRIES, SVD_MAX_SIDE
+from paranorm import measure as sigma_measure
+from paranorm.measure import SVD_MAX_ENTRIES, SVD_MAX_SIDE
 
 METHODS = ("reshape", "power", "fft", "gram")
 
@@ -97,9 +97,8 @@ def timed(fn: Callable[[], pn.SigmaResult]) -> tuple[pn.SigmaResult, float]:
 def top_singular_values(m: nn.Module, shape: tuple[int, ...], how: str, k: int = 9) -> torch.Tensor:
     """The k largest singular values of the operator, from the dense matrix or the DFT."""
     if how == "svd":
-        sigma_module = sys.modules["paranorm.sigma"]
-        layer = sigma_module.layer_of(m)
-        return torch.linalg.svdvals(sigma_module.dense_matrix(layer, shape))[:k]
+        layer = sigma_measure.layer_of(m)
+        return torch.linalg.svdvals(sigma_measure.dense_matrix(layer, shape))[:k]
     w = m.weight.detach().double()
     mats = est.frequency_matrices(w, shape[1:], m.dilation, m.groups)
     values = torch.linalg.svdvals(mats)  # (F, r): rfft keeps half the last axis

@@ -21,7 +21,7 @@ from torch import nn
 
 import paranorm as pn
 from paranorm.errors import ParanormError
-from paranorm.spectral_norm import METHODS
+from paranorm.spectral_normalization import METHODS
 
 WORLD = 2
 STEPS = 8

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 import paranorm as pn
 from paranorm import nn as pnn
 from paranorm.errors import NotNormalizedError, ParanormError
-from paranorm.fold import NormalizationInfo, fold, is_normalized, normalizations, remove
+from paranorm.folding import NormalizationInfo, fold, is_normalized, normalizations, remove
 
 
 def legacy_wn(module: nn.Module, **kwargs) -> nn.Module:

@@ -8,7 +8,7 @@ from torch import nn
 
 import paranorm as pn
 from paranorm.errors import ParanormError
-from paranorm.spectral_norm import METHODS
+from paranorm.spectral_normalization import METHODS
 
 HALF = [torch.float16, torch.bfloat16]
 #: Relative tolerance of one rounding to the dtype (2^-11, 2^-8) with a little headroom.

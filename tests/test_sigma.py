@@ -19,7 +19,7 @@ _spec = importlib.util.spec_from_file_location("_paranorm_test_layers", pathlib.
 _layers = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(_layers)  # type: ignore[union-attr]
 layers = _layers.layers
-sigma_module = importlib.import_module("paranorm.sigma")
+sigma_module = importlib.import_module("paranorm.measure")
 
 TOL = 1e-9  # relative, float64
 
@@ -186,10 +186,14 @@ def test_raw_weight_with_layer_arguments_matches_the_module():
     assert from_module == from_weight
 
 
-def test_the_submodule_is_callable_too():
-    # paranorm.sigma names both the function and the submodule (see sigma._CallableModule).
-    r = sigma_module(torch.eye(3), "svd")
-    assert float(r) == pytest.approx(1.0)
+def test_submodules_do_not_shadow_the_functions():
+    # Each public function lives in a module of another name, so importing the module by path
+    # (as pytest's importlib mode and `import paranorm.x as y` do) never rebinds pn.<function>.
+    for module in ("measure", "folding", "weight_normalization", "spectral_normalization"):
+        importlib.import_module(f"paranorm.{module}")
+    assert callable(pn.sigma) and callable(pn.fold)
+    assert callable(pn.weight_norm) and callable(pn.spectral_norm)
+    assert float(pn.sigma(torch.eye(3), "svd")) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(

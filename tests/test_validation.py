@@ -225,7 +225,7 @@ def test_unknown_spectral_method():
         lambda m: pn.spectral_norm(m, method="no-such-method"),
         ["unknown method 'no-such-method' for Conv2d.weight", "expected one of", "reshape"],
     )
-    from paranorm.spectral_norm import METHODS
+    from paranorm.spectral_normalization import METHODS
 
     for name in METHODS:
         assert name in message

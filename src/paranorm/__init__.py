@@ -4,59 +4,59 @@ Drop-in for torch.nn.utils.parametrizations.weight_norm/spectral_norm and EnCode
 apply_parametrization_norm, built on torch.nn.utils.parametrize.
 """
 
-from .apply import apply_parametrization_norm as apply_parametrization_norm
-from .apply import register_norm as register_norm
 from . import checkpoint as checkpoint
 from . import nn as nn
 from ._fast import fast_paths as fast_paths
 from ._fast import fast_paths_enabled as fast_paths_enabled
 from ._fast import set_fast_paths as set_fast_paths
+from .apply import apply_parametrization_norm as apply_parametrization_norm
+from .apply import register_norm as register_norm
 from .errors import AlreadyNormalizedError as AlreadyNormalizedError
 from .errors import CheckpointError as CheckpointError
 from .errors import NotNormalizedError as NotNormalizedError
 from .errors import ParanormError as ParanormError
-from .fold import NormalizationInfo as NormalizationInfo
-from .fold import fold as fold
-from .fold import is_normalized as is_normalized
-from .fold import normalizations as normalizations
-from .fold import remove as remove
+from .folding import NormalizationInfo as NormalizationInfo
+from .folding import fold as fold
+from .folding import is_normalized as is_normalized
+from .folding import normalizations as normalizations
+from .folding import remove as remove
 from .init import InitSummary as InitSummary
 from .init import data_dependent_init as data_dependent_init
+from .measure import SigmaResult as SigmaResult
+from .measure import sigma as sigma
+from .once import normalize_once as normalize_once
 from .report import LipschitzReport as LipschitzReport
 from .report import lipschitz_report as lipschitz_report
 from .report import state_dict_report as state_dict_report
-from .sigma import SigmaResult as SigmaResult
-from .sigma import sigma as sigma
-from .once import normalize_once as normalize_once
-from .spectral_norm import spectral_norm as spectral_norm
-from .weight_norm import weight_norm as weight_norm
+from .spectral_normalization import spectral_norm as spectral_norm
+from .weight_normalization import weight_norm as weight_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyNormalizedError",
     "CheckpointError",
-    "NotNormalizedError",
     "InitSummary",
     "LipschitzReport",
-    "ParanormError",
     "NormalizationInfo",
+    "NotNormalizedError",
+    "ParanormError",
+    "SigmaResult",
     "apply_parametrization_norm",
     "checkpoint",
+    "data_dependent_init",
     "fast_paths",
     "fast_paths_enabled",
     "fold",
     "is_normalized",
+    "lipschitz_report",
     "nn",
     "normalizations",
     "normalize_once",
-    "remove",
-    "data_dependent_init",
-    "lipschitz_report",
     "register_norm",
+    "remove",
     "set_fast_paths",
     "sigma",
-    "SigmaResult",
     "spectral_norm",
     "state_dict_report",
     "weight_norm",

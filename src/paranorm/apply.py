@@ -13,8 +13,8 @@ from typing import Any
 from torch import nn
 
 from .errors import ParanormError
-from .spectral_norm import spectral_norm
-from .weight_norm import weight_norm
+from .spectral_normalization import spectral_norm
+from .weight_normalization import weight_norm
 
 __all__ = ["PARAMETRIZATION_NORMS", "apply_parametrization_norm", "register_norm"]
 

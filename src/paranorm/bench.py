@@ -43,10 +43,10 @@ from torch.nn.utils import parametrizations as torch_parametrizations
 
 from ._fast import fast_paths
 from .errors import ParanormError
-from .fold import fold
+from .folding import fold
 from .once import normalize_once
-from .spectral_norm import spectral_norm
-from .weight_norm import weight_norm
+from .spectral_normalization import spectral_norm
+from .weight_normalization import weight_norm
 
 __all__ = [
     "BENCH_THREADS",

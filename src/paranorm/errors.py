@@ -7,7 +7,7 @@ what was found, names the module and the parameter, and says the fix.
 
 from __future__ import annotations
 
-__all__ = ["ParanormError", "AlreadyNormalizedError", "NotNormalizedError", "CheckpointError"]
+__all__ = ["AlreadyNormalizedError", "CheckpointError", "NotNormalizedError", "ParanormError"]
 
 
 class ParanormError(ValueError):

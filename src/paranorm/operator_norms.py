@@ -54,13 +54,11 @@ from . import estimators as est
 from . import operators as ops
 from ._base import float32_or_wider
 from .errors import ParanormError
-
-# By name, not `from . import sigma`: the package's attribute `sigma` is the function.
-from .sigma import Layer, layer_of, warm_start
-from .sigma import _fft as fft_result
-from .sigma import _gram as gram_result
-from .sigma import _iterations as check_iterations
-from .spectral_norm import METHODS, SpectralNorm
+from .measure import Layer, layer_of, warm_start
+from .measure import _fft as fft_result
+from .measure import _gram as gram_result
+from .measure import _iterations as check_iterations
+from .spectral_normalization import METHODS, SpectralNorm
 
 __all__ = ["FFTSpectralNorm", "GramSpectralNorm", "OperatorSpectralNorm", "PowerSpectralNorm"]
 

@@ -37,7 +37,7 @@ from torch.nn.utils import parametrize
 from ._base import find_normalization
 from .checkpoint import CheckpointWarning, convert, detect
 from .errors import CheckpointError, ParanormError
-from .sigma import sigma as estimate_sigma
+from .measure import sigma as estimate_sigma
 
 __all__ = [
     "DEFAULT_METHODS",

@@ -1,4 +1,4 @@
-"""``paranorm.sigma``: the largest singular value of a layer's linear map, and what it guarantees.
+"""``paranorm.sigma`` (module ``paranorm.measure``): the largest singular value of a layer's linear map, and what it guarantees.
 
 A convolution's Lipschitz constant (l2) is the spectral norm of the operator x -> conv(x) at
 the input size it sees, not of its reshaped kernel (Miyato et al. 2018), which underestimates
@@ -35,8 +35,6 @@ Biases never enter sigma: the Lipschitz constant of x -> Ax + b is ||A||.
 from __future__ import annotations
 
 import math
-import sys
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -435,17 +433,3 @@ def sigma(
             return _fft(layer, shape)
         return _gram(layer, shape, iterations)
 
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`sigma`.
-
-    ``paranorm.sigma`` names both the function (exported by the package) and this submodule;
-    importing the submodule by path (pytest's importlib mode does) rebinds the package's
-    attribute to the module, so the module answers calls too.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SigmaResult:
-        return sigma(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

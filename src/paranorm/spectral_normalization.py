@@ -178,7 +178,7 @@ def spectral_norm(
         n_power_iterations: power steps per training forward (>= 1); none in eval mode.
         eps: the floor used when normalizing u and v (>= 0).
         dim: the axis of the output features: None means 1 for ConvTranspose, else 0.
-        method: how sigma is estimated, a key of ``paranorm.spectral_norm.METHODS``.
+        method: how sigma is estimated, a key of ``paranorm.spectral_normalization.METHODS``.
         coeff: None for W / sigma, or c > 0 for W / max(1, sigma / c).
         input_shape: one input sample's shape, for the methods that measure the layer's
             operator ("power", "fft", "gram"; see :mod:`paranorm.operator_norms`); None: the
@@ -283,4 +283,4 @@ def spectral_norm(
 
 # The operator-norm methods ("power", "fft", "gram") subclass SpectralNorm and add themselves
 # to METHODS; imported last so that either module may be imported first.
-from . import operator_norms as _operator_norms  # noqa: E402,F401
+from . import operator_norms as _operator_norms  # noqa: F401
