@@ -17,9 +17,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
 ]
 
-# pn.nn's Norm layers pick their layer by attribute name at run time, which TorchScript cannot
-# compile; trace and torch.export cover the SEANet models.
-SCRIPTABLE = [n for n in MODELS if not n.startswith("seanet")]
+SCRIPTABLE = list(MODELS)  # pn.nn's Norm layers (SEANet) script too once folded
 # torch's ONNX exporter trips an internal FutureWarning (pytree LeafSpec) under warnings-as-errors.
 ONNX_WARNING = r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
 

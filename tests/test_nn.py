@@ -414,7 +414,7 @@ def test_norm_modules_refuse_layers_they_do_not_fit():
     with pytest.raises(ParanormError, match="normalized_shape must be the number of channels"):
         pnn.ConvLayerNorm([3, 4])
     with pytest.raises(
-        ParanormError, match=r"expected an input of shape \(B, C, \*spatial\), got shape \(4,\)"
+        ParanormError, match=r"expected an input of shape \(B, C, \*spatial\), got a 1-D input"
     ):
         pnn.ConvLayerNorm(4)(torch.randn(4))
     for norm in ("none", "weight_norm", "spectral_norm"):

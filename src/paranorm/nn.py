@@ -22,9 +22,10 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .apply import PARAMETRIZATION_NORMS, apply_parametrization_norm
@@ -125,10 +126,12 @@ class ConvLayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2:
             raise ParanormError(
-                f"ConvLayerNorm: expected an input of shape (B, C, *spatial), got shape "
-                f"{tuple(x.shape)}. Add the batch axis, e.g. x.unsqueeze(0)."
+                "ConvLayerNorm: expected an input of shape (B, C, *spatial), got a "
+                + str(x.ndim)
+                + "-D input. Add the batch axis, e.g. x.unsqueeze(0)."
             )
-        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+        y = F.layer_norm(x.movedim(1, -1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.movedim(-1, 1)
 
 
 def _channels(module: nn.Module, norm: str) -> int:
@@ -237,15 +240,15 @@ class _NormLayer(nn.Module):
             norm_module = get_norm_module(layer, causal, norm)
         setattr(self, self._attr, layer)
         # A conv also takes unbatched (C, *spatial) input; its norm module needs the batch axis.
+        # (-1: never, for Linear and for the Identity norm.) Plain ints keep TorchScript happy.
         kernel_size = getattr(layer, "kernel_size", None)
-        self._unbatched_ndim = None if kernel_size is None else len(kernel_size) + 1
+        needs_batch = kernel_size is not None and not isinstance(norm_module, nn.Identity)
+        self._unbatched_ndim: int = len(kernel_size) + 1 if needs_batch else -1
         self.norm = norm_module
         self.norm_type = norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer: nn.Module = getattr(self, self._attr)
-        y = layer(x)
-        if y.ndim == self._unbatched_ndim and not isinstance(self.norm, nn.Identity):
+    def _normalize_output(self, y: torch.Tensor) -> torch.Tensor:
+        if y.ndim == self._unbatched_ndim:
             return self.norm(y.unsqueeze(0)).squeeze(0)
         return self.norm(y)
 
@@ -275,7 +278,11 @@ class NormConv1d(_NormLayer):
 
     _layer_cls = nn.Conv1d
     _attr = "conv"
-    conv: nn.Conv1d
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        conv: nn.Conv1d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.conv(x))
 
 
 class NormConv2d(_NormLayer):
@@ -283,7 +290,11 @@ class NormConv2d(_NormLayer):
 
     _layer_cls = nn.Conv2d
     _attr = "conv"
-    conv: nn.Conv2d
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        conv: nn.Conv2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.conv(x))
 
 
 class NormConv3d(_NormLayer):
@@ -291,7 +302,11 @@ class NormConv3d(_NormLayer):
 
     _layer_cls = nn.Conv3d
     _attr = "conv"
-    conv: nn.Conv3d
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        conv: nn.Conv3d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.conv(x))
 
 
 class NormConvTranspose1d(_NormLayer):
@@ -302,7 +317,11 @@ class NormConvTranspose1d(_NormLayer):
 
     _layer_cls = nn.ConvTranspose1d
     _attr = "convtr"
-    convtr: nn.ConvTranspose1d
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        convtr: nn.ConvTranspose1d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.convtr(x))
 
 
 class NormConvTranspose2d(_NormLayer):
@@ -310,7 +329,11 @@ class NormConvTranspose2d(_NormLayer):
 
     _layer_cls = nn.ConvTranspose2d
     _attr = "convtr"
-    convtr: nn.ConvTranspose2d
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        convtr: nn.ConvTranspose2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.convtr(x))
 
 
 class NormConvTranspose3d(_NormLayer):
@@ -318,7 +341,11 @@ class NormConvTranspose3d(_NormLayer):
 
     _layer_cls = nn.ConvTranspose3d
     _attr = "convtr"
-    convtr: nn.ConvTranspose3d
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        convtr: nn.ConvTranspose3d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.convtr(x))
 
 
 class NormLinear(_NormLayer):
@@ -337,4 +364,8 @@ class NormLinear(_NormLayer):
 
     _layer_cls = nn.Linear
     _attr = "linear"
-    linear: nn.Linear
+    if TYPE_CHECKING:  # for mypy only: TorchScript cannot read these annotations
+        linear: nn.Linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._normalize_output(self.linear(x))
