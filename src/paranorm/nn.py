@@ -242,8 +242,9 @@ class _NormLayer(nn.Module):
         # A conv also takes unbatched (C, *spatial) input; its norm module needs the batch axis.
         # (-1: never, for Linear and for the Identity norm.) Plain ints keep TorchScript happy.
         kernel_size = getattr(layer, "kernel_size", None)
-        needs_batch = kernel_size is not None and not isinstance(norm_module, nn.Identity)
-        self._unbatched_ndim: int = len(kernel_size) + 1 if needs_batch else -1
+        self._unbatched_ndim: int = -1
+        if kernel_size is not None and not isinstance(norm_module, nn.Identity):
+            self._unbatched_ndim = len(kernel_size) + 1
         self.norm = norm_module
         self.norm_type = norm
 
