@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._atomic import atomic_write
 from .apply import apply_parametrization_norm
 from .errors import ParanormError
 
@@ -489,13 +489,6 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
         sigma_ax.set_ylabel("σ(W)")
         sigma_ax.legend(fontsize=8)
     figure.suptitle(f"paranorm demo: seed={result.seed}, {result.steps} steps")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=100)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a plot is an ordinary file
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target) as handle:
+        figure.savefig(handle, format="png", dpi=100)
     return target

@@ -21,7 +21,6 @@ import io
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
+from ._atomic import atomic_write
 from ._base import find_normalization
 from .checkpoint import CheckpointWarning, convert, detect
 from .errors import CheckpointError, ParanormError
@@ -313,15 +313,8 @@ class LipschitzReport:
             title += f"   network bound {self.network.value:.4g}"
         axes.set_title(title, fontsize=10)
         axes.legend(fontsize=8)
-        fd, temp = tempfile.mkstemp(prefix=".paranorm-plot-", suffix=f".{suffix}", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                figure.savefig(file, format=suffix)
-            os.replace(temp, path)
-        except BaseException:
-            if os.path.exists(temp):
-                os.unlink(temp)
-            raise
+        with atomic_write(path) as file:
+            figure.savefig(file, format=suffix)
 
 
 def _json_float(value: float | None) -> float | str | None:

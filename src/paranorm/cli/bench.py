@@ -12,16 +12,7 @@ import sys
 from typing import Any
 
 from ..bench import BENCH_THREADS, CASES, FULL, QUICK, markdown_table, run_suite, table_rows
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
+from ._args import positive_int
 
 
 def _case_list(text: str) -> list[str]:
@@ -51,11 +42,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--cases", type=_case_list, metavar="ID[,ID...]",
                         help="run these case ids instead (see --list); with --quick, quickly")
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
-    parser.add_argument("--repeats", type=_positive_int, default=None,
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed samples per implementation (default 30, 7 with --quick)")
     parser.add_argument("--mode", choices=("train", "eval", "both"), default="both",
                         help="training step, eval forward or both (default both)")
-    parser.add_argument("--threads", type=_positive_int, default=BENCH_THREADS,
+    parser.add_argument("--threads", type=positive_int, default=BENCH_THREADS,
                         help=f"torch threads while timing (default {BENCH_THREADS}: fixed, so runs compare)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd training steps (inductor, fullgraph; slow to compile)")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .._atomic import atomic_write
 from ..checkpoint import LAYOUTS, CheckpointWarning, Entry, convert, detect
 from ..errors import CheckpointError
 
@@ -179,40 +179,20 @@ def write_checkpoint(
 ) -> None:
     """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
     kind = _format(path, "OUT")
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if kind == "safetensors":
-                tensors = {k: t.contiguous() for k, t in obj.items()}
-                # Hugging Face loaders expect {"format": "pt"} in the header of a torch file.
-                data = _safetensors().save(tensors, metadata=metadata or {"format": "pt"})
-                with _progress(len(data), f"writing {path.name}", show_progress) as advance:
-                    view = memoryview(data)
-                    for start in range(0, len(data), _CHUNK):
-                        handle.write(view[start : start + _CHUNK])
-                        advance(min(_CHUNK, len(data) - start))
-            else:
-                with _progress(_nbytes(obj), f"writing {path.name}", show_progress) as advance:
-                    torch.save(obj, _CountingWriter(handle, advance))  # type: ignore[arg-type]  # streamed
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        # Interrupted or failed: remove the temporary file; OUT is untouched.
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _file_mode(path: Path) -> int:
-    """The mode OUT gets: an existing OUT's own, else what open() would give (0o666 - umask)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    # Interrupted or failed: the temporary file goes; OUT is untouched.
+    with atomic_write(path) as handle:
+        if kind == "safetensors":
+            tensors = {k: t.contiguous() for k, t in obj.items()}
+            # Hugging Face loaders expect {"format": "pt"} in the header of a torch file.
+            data = _safetensors().save(tensors, metadata=metadata or {"format": "pt"})
+            with _progress(len(data), f"writing {path.name}", show_progress) as advance:
+                view = memoryview(data)
+                for start in range(0, len(data), _CHUNK):
+                    handle.write(view[start : start + _CHUNK])
+                    advance(min(_CHUNK, len(data) - start))
+        else:
+            with _progress(_nbytes(obj), f"writing {path.name}", show_progress) as advance:
+                torch.save(obj, _CountingWriter(handle, advance))  # type: ignore[arg-type]  # streamed
 
 
 def _parse_dim(text: str) -> tuple[str, int | None]:

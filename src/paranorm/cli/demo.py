@@ -11,26 +11,7 @@ import sys
 from typing import Any
 
 from ..demo import DEFAULT_PLOT, DEFAULT_SEED, DEFAULT_STEPS, plot, render, run_demo, to_dict
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
-    return value
+from ._args import non_negative_int, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,13 +27,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--steps",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_STEPS,
         help=f"Adam steps per run (default {DEFAULT_STEPS}, as in the seed)",
     )
     parser.add_argument(
         "--seed",
-        type=_seed,
+        type=non_negative_int,
         default=DEFAULT_SEED,
         help=f"seed of every random draw (default {DEFAULT_SEED})",
     )
