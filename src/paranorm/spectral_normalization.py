@@ -12,6 +12,7 @@ class shares the division (hard or soft) in :class:`SpectralNorm`.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -34,7 +35,7 @@ __all__ = ["METHODS", "ReshapeSpectralNorm", "SpectralNorm", "spectral_norm"]
 WARMUP_ITERATIONS = 15
 
 
-class SpectralNorm(Normalization):
+class SpectralNorm(Normalization, abc.ABC):
     """Base of the spectral normalizations: ``forward(W) = W / scale(sigma(W))``.
 
     scale = sigma (hard, ``coeff=None``) or max(1, sigma / coeff) (soft: only shrinks).
@@ -50,8 +51,9 @@ class SpectralNorm(Normalization):
         self.eps = eps
         self.coeff = coeff
 
-    def sigma(self, weight: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def sigma(self, weight: torch.Tensor) -> torch.Tensor:
+        """sigma(W) (a 0-dim tensor, differentiable in W); may update state in training mode."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with autocast_off(weight):  # sigma in float32 or wider, also under autocast
