@@ -224,3 +224,28 @@ def test_removed_parametrization_stops_watching():
     parametrize.remove_parametrizations(conv, "weight")
     out = conv(torch.randn(1, 2, 9))  # the stale pre-hook does nothing
     assert out.shape == (1, 3, 7)
+
+
+@pytest.mark.parametrize("saved_with", ["gram", "fft"])
+def test_reshape_loads_a_stateless_methods_checkpoint_and_warms_up(saved_with):
+    # "gram"/"fft" store only the weight; reshape keeps its u, v as the iteration's start and
+    # warms up on the loaded weight, so its first eval forward is already normalized.
+    torch.manual_seed(0)
+    src = pn.spectral_norm(nn.Conv2d(3, 4, 3, padding=1), method=saved_with, input_shape=(3, 8, 8))
+    with torch.no_grad():
+        src.parametrizations.weight.original.mul_(7.0)
+    dst = pn.spectral_norm(nn.Conv2d(3, 4, 3, padding=1))
+    dst.load_state_dict(src.state_dict(), strict=True)
+    assert torch.equal(dst.parametrizations.weight.original, src.parametrizations.weight.original)
+    reshaped = dst.eval().weight.detach().flatten(1).double()
+    assert torch.linalg.matrix_norm(reshaped, ord=2).item() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_reshape_refuses_the_power_methods_vectors_by_name(strict):
+    src = pn.spectral_norm(nn.Conv2d(3, 4, 3, padding=1), method="power", input_shape=(3, 8, 8))
+    dst = pn.spectral_norm(nn.Conv2d(3, 4, 3, padding=1))
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"'parametrizations\.weight\.0\._x_3x8x8': the power method"):
+        dst.load_state_dict(src.state_dict(), strict=strict)
+    assert sorted(dst.state_dict()) == sorted(before)

@@ -94,6 +94,7 @@ class ReshapeSpectralNorm(SpectralNorm):
     ) -> None:
         super().__init__(dim=dim, eps=eps, coeff=coeff)
         self.n_power_iterations = n_power_iterations
+        self._warm_up_pending = False  # set when a checkpoint without u, v is loaded
         if weight.ndim > 1:
             matrix = weight_to_matrix(weight, dim)
             h, w = matrix.shape
@@ -132,6 +133,9 @@ class ReshapeSpectralNorm(SpectralNorm):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.ndim == 1 and self.coeff is None:
             return F.normalize(weight, dim=0, eps=self.eps)  # torch's exact 1-D path
+        if self._warm_up_pending:
+            self._power_method(weight_to_matrix(weight, self.dim), WARMUP_ITERATIONS)
+            self._warm_up_pending = False
         # A 1-D weight has no _u, _v buffers (its sigma is ||w||, exact): test ndim first.
         if weight.ndim > 1 and spectral_fast_ok(weight, self._u):  # opt-in: paranorm.fast_paths()
             return spectral_normalize(
@@ -139,6 +143,34 @@ class ReshapeSpectralNorm(SpectralNorm):
                 n_power_iterations=self.n_power_iterations, training=self.training,
             )
         return super().forward(weight)
+
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
+        missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:
+        # "power" checkpoints carry input-shaped vectors of the true operator: they mean nothing
+        # for the reshaped matrix, so they are refused by name (torch hands submodules
+        # strict=True whatever the caller asked, so this holds under strict=False too).
+        foreign = [k for k in state_dict if k.startswith(prefix + "_x_")]
+        if foreign:
+            error_msgs.append(
+                f"state_dict has {', '.join(repr(k) for k in foreign)}: the power method's "
+                f"vectors of the true operator, but this tensor is spectrally normalized with "
+                f"method='reshape', for which they mean nothing. Drop those keys (the weight "
+                f"'{prefix[:-2]}original' loads as is), or normalize with method='power'."
+            )
+            for key in foreign:
+                state_dict.pop(key)
+        u_key, v_key = prefix + "_u", prefix + "_v"
+        if hasattr(self, "_u") and u_key not in state_dict and v_key not in state_dict:
+            # A stateless method ("fft", "gram") saved no u, v. They are only the power
+            # iteration's start: keep ours and warm up on the loaded weight at the next forward
+            # (torch hands this module only its own keys, so the weight is not visible here).
+            state_dict[u_key], state_dict[v_key] = self._u.clone(), self._v.clone()
+            self._warm_up_pending = True
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", n_power_iterations={self.n_power_iterations}"
