@@ -5,6 +5,7 @@ apply_parametrization_norm, built on torch.nn.utils.parametrize.
 """
 
 from . import checkpoint as checkpoint
+from . import distributed as distributed
 from . import nn as nn
 from ._fast import fast_paths as fast_paths
 from ._fast import fast_paths_enabled as fast_paths_enabled
@@ -45,6 +46,7 @@ __all__ = [
     "apply_parametrization_norm",
     "checkpoint",
     "data_dependent_init",
+    "distributed",
     "fast_paths",
     "fast_paths_enabled",
     "fold",
