@@ -14,7 +14,7 @@ normalized layer is really 1-Lipschitz (or c-Lipschitz with ``coeff=c``):
   shorter input is a compression of the one at a longer input, so the longest size's sigma
   bounds the shorter ones.
 - "fft": Sedghi et al. 2019 at the current input size: exact for circular padding at stride 1,
-  a certified upper bound otherwise (see :mod:`paranorm.sigma`). Stateless, differentiable.
+  a certified upper bound otherwise (see :mod:`paranorm.measure`). Stateless, differentiable.
 - "gram": Gram iteration (Delattre et al. 2023/2024): an upper bound; for zero padding the
   kernel-domain bound that holds for every input size. Stateless, differentiable.
 
