@@ -268,16 +268,16 @@ def run(args: argparse.Namespace) -> int:
     target: Path | None = args.output
     if target is None:
         if not args.in_place and not args.dry_run:
-            raise CheckpointError("convert: give OUT, or pass --in-place to overwrite IN.")
+            raise CheckpointError("give OUT, or pass --in-place to overwrite IN.")
         target = source
     elif args.in_place and not _same_file(source, target):
         raise CheckpointError(
-            f"convert: --in-place overwrites IN, but OUT {str(target)!r} is another file; drop "
+            f"--in-place overwrites IN, but OUT {str(target)!r} is another file; drop "
             "OUT or drop --in-place."
         )
     elif _same_file(source, target) and not args.in_place and not args.dry_run:
         raise CheckpointError(
-            f"convert: OUT {str(target)!r} is IN; refusing to overwrite the input. Pass --in-place "
+            f"OUT {str(target)!r} is IN; refusing to overwrite the input. Pass --in-place "
             "to overwrite it (atomically), or choose another OUT."
         )
     out_format = _format(target, "OUT")
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     normalize = {key: "weight_norm" for key in args.weight_norm}
     for key in args.spectral_norm:
         if key in normalize:
-            raise CheckpointError(f"convert: {key!r} is named by both --weight-norm and --spectral-norm; pick one.")
+            raise CheckpointError(f"{key!r} is named by both --weight-norm and --spectral-norm; pick one.")
         normalize[key] = "spectral_norm"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         others = [k for k in obj if k != nested]
         if others:
             raise CheckpointError(
-                f"convert: IN is a nested checkpoint (entries {', '.join(map(repr, others))} besides "
+                f"IN is a nested checkpoint (entries {', '.join(map(repr, others))} besides "
                 f"{nested!r}); safetensors holds tensors only. Write a .pt OUT to keep them."
             )
     if nested:
