@@ -52,3 +52,25 @@ def layers(draw, *, modes=("zeros", "circular", "reflect", "replicate"), max_ent
     if math.prod(shape) * out.numel() > max_entries * 20 or out.numel() == 0:
         return draw(st.nothing())
     return m.double(), shape
+
+
+@st.composite
+def layers_and_dims(draw, *, allow_minus_one=True):
+    """(layer, dim): a tiny Linear/Conv1-3d/ConvTranspose1-2d and a dim (None or an axis).
+
+    ``allow_minus_one=False`` leaves out -1, which weight_norm refuses as ambiguous (torch reads
+    it as None).
+    """
+    kind = draw(st.sampled_from(["linear", "conv1d", "conv2d", "conv3d", "convtr1d", "convtr2d"]))
+    c_in, c_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    if kind == "linear":
+        layer = nn.Linear(c_in, c_out)
+    else:
+        spatial = int(kind[-2])
+        k = tuple(draw(st.integers(1, 3)) for _ in range(spatial))
+        layer = (CONV_T if kind.startswith("convtr") else CONV)[spatial](c_in, c_out, k)
+    ndim = layer.weight.ndim
+    axes = st.integers(-ndim, ndim - 1)
+    if not allow_minus_one:
+        axes = axes.filter(lambda d: d != -1)
+    return layer, draw(st.one_of(st.none(), axes))

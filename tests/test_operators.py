@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 import torch
@@ -12,13 +10,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _layers import layers
 from paranorm import operators as ops
 from paranorm.errors import ParanormError
-
-_spec = importlib.util.spec_from_file_location("_paranorm_test_layers", pathlib.Path(__file__).with_name("_layers.py"))
-_layers = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(_layers)  # type: ignore[union-attr]
-layers = _layers.layers
 
 
 def geometry_of(m: torch.nn.Module) -> ops.Geometry:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -12,13 +10,10 @@ from hypothesis import given, settings
 from torch import nn
 
 import paranorm as pn
+from _layers import layers
 from paranorm import estimators as est
 from paranorm.errors import ParanormError
 
-_spec = importlib.util.spec_from_file_location("_paranorm_test_layers", pathlib.Path(__file__).with_name("_layers.py"))
-_layers = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(_layers)  # type: ignore[union-attr]
-layers = _layers.layers
 sigma_module = importlib.import_module("paranorm.measure")
 
 TOL = 1e-9  # relative, float64

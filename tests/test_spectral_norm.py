@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrizations as torch_param
 
 import paranorm as pn
+from _layers import layers_and_dims
 
 LAYERS = {
     "linear": (lambda: nn.Linear(5, 7), (2, 5)),
@@ -301,28 +302,6 @@ def test_gradcheck_float64_eval_mode(make, kwargs):
 
 
 # --- properties over shapes, dims and layer types -------------------------------------------
-
-@st.composite
-def layers_and_dims(draw):
-    kind = draw(st.sampled_from(["linear", "conv1d", "conv2d", "conv3d", "convtr1d", "convtr2d"]))
-    c_in, c_out = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    if kind == "linear":
-        layer = nn.Linear(c_in, c_out)
-    else:
-        spatial = int(kind[-2])
-        k = tuple(draw(st.integers(1, 3)) for _ in range(spatial))
-        cls = {
-            "conv1d": nn.Conv1d,
-            "conv2d": nn.Conv2d,
-            "conv3d": nn.Conv3d,
-            "convtr1d": nn.ConvTranspose1d,
-            "convtr2d": nn.ConvTranspose2d,
-        }[kind]
-        layer = cls(c_in, c_out, k)
-    ndim = layer.weight.ndim
-    dim = draw(st.one_of(st.none(), st.integers(-ndim, ndim - 1)))
-    return layer, dim
-
 
 @settings(max_examples=25, deadline=None)
 @given(layers_and_dims(), st.integers(0, 2**31 - 1))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -13,12 +11,8 @@ from torch import nn
 from torch.nn.utils import parametrizations as torch_param
 
 import paranorm as pn
+from _layers import layers
 from paranorm.errors import ParanormError
-
-_spec = importlib.util.spec_from_file_location("_paranorm_test_layers", pathlib.Path(__file__).with_name("_layers.py"))
-_layers = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
-_spec.loader.exec_module(_layers)  # type: ignore[union-attr]
-layers = _layers.layers
 
 
 def oracle(m: nn.Module, shape: tuple[int, ...]) -> float:
