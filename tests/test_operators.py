@@ -13,22 +13,12 @@ from hypothesis import strategies as st
 from _layers import layers
 from paranorm import operators as ops
 from paranorm.errors import ParanormError
+from paranorm.measure import layer_of
 
 
 def geometry_of(m: torch.nn.Module) -> ops.Geometry:
-    if isinstance(m, torch.nn.Linear):
-        return ops.geometry(m.weight)
-    transposed = isinstance(m, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d))
-    return ops.geometry(
-        m.weight,
-        stride=m.stride,
-        padding=m.padding,
-        dilation=m.dilation,
-        groups=m.groups,
-        padding_mode=m.padding_mode,
-        transposed=transposed,
-        output_padding=m.output_padding if transposed else 0,
-    )
+    """The layer's geometry as pn.sigma reads it (the operators are checked against torch)."""
+    return layer_of(m).geo
 
 
 @settings(max_examples=60, deadline=None)
