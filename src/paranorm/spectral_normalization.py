@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from ._base import Normalization, autocast_off, float32_or_wider
 from ._fast import spectral_fast_ok, spectral_normalize
 from ._load_hooks import spectral_norm_keys_hook as _legacy_keys_hook
+from ._scaled import install_scaled_forward
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 from .estimators import power_iteration_, reshape_sigma, weight_to_matrix
@@ -306,6 +307,8 @@ def spectral_norm(
             f"spectral_norm: bad options for method={method!r} on {where}: {error}"
         ) from None
     parametrize.register_parametrization(module, name, parametrization)
+    if name == "weight":  # fast_paths(): scale activations instead of materializing W
+        install_scaled_forward(module)
     parametrization._load_hook = module._register_load_state_dict_pre_hook(
         _legacy_keys_hook(name), with_module=True
     )

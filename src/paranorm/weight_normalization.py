@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from ._base import Normalization, float32_or_wider
 from ._load_hooks import weight_norm_keys_hook as _legacy_keys_hook
+from ._scaled import install_scaled_forward
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 
@@ -122,6 +123,8 @@ def weight_norm(
                 "to map zero slices to zero."
             )
     parametrize.register_parametrization(module, name, parametrization, unsafe=True)
+    if name == "weight":  # fast_paths(): scale activations instead of materializing W
+        install_scaled_forward(module)
     parametrization._load_hook = module._register_load_state_dict_pre_hook(
         _legacy_keys_hook(name), with_module=True
     )
