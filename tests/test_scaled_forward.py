@@ -569,6 +569,9 @@ def test_fast_paths_off_is_the_materialized_forward():
 
 
 @pytest.mark.slow
+# dynamo instantiates every autograd.Function while tracing (torch's own warning, not ours).
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_fullgraph_trains_like_eager():
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -580,11 +583,22 @@ def test_compile_fullgraph_trains_like_eager():
             pn.weight_norm(nn.Linear(32, 6)),
         )
 
-    eager, compiled_model = build(), build()
     x = make_x((2, 4, 6), torch.float32, requires_grad=False)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm.code)
+        return gm.forward
+
     with pn.fast_paths():
-        assert path(eager[0](x)) == SCALED and path(eager[3](torch.randn(2, 32))) == SCALED
-        eager, compiled_model = build(), build()  # fresh u, v for both
+        probe = build()
+        assert path(probe[0](x)) == SCALED and path(probe[3](torch.randn(2, 32))) == SCALED
+        # Both layers are traced into the graph as the scaled Function on the raw weight.
+        torch.compile(build(), fullgraph=True, backend=record)(x)
+        assert len(graphs) == 1 and graphs[0].count("autograd_function_apply(") == 2, graphs
+        assert "_weight_norm" not in graphs[0]
+        torch._dynamo.reset()
+        eager, compiled_model = build(), build()
         compiled = torch.compile(compiled_model, fullgraph=True)
         opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, compiled_model)]
         for _ in range(3):
