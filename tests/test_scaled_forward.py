@@ -70,7 +70,7 @@ def run(module, x, fast, calls=1, **fwd_kwargs):
             (y * torch.linspace(-1.0, 2.0 + i, y.numel(), dtype=y.dtype).view_as(y)).sum()
             for i, y in enumerate(ys)
         )
-        inputs = ([x] if x.requires_grad else []) + list(module.parameters())
+        inputs = [t for t in (x, *module.parameters()) if t.requires_grad]
         grads = torch.autograd.grad(loss, inputs)
     return ys, grads, [path(y) for y in ys]
 
@@ -221,6 +221,58 @@ def test_two_forwards_per_step_take_the_path_and_backpropagate():
     for norm in NORMS:
         fast, ref = twins(LAYERS["linear"][0], norm)
         check_against_reference(fast, ref, make_x((4, 6)), scaled=True, calls=2)
+
+
+@pytest.mark.parametrize(
+    ("norm", "frozen"),
+    [("weight", ("bias",)), ("weight", ("original0",)), ("weight", ("original1",)),
+     ("weight", ("bias", "original0", "original1")), ("spectral", ("bias",)),
+     ("spectral", ("original",)), ("spectral", ("bias", "original"))],
+)
+def test_frozen_parameters(norm, frozen):
+    """Only the tensors that require grad get one, and those equal the reference's."""
+    kwargs = {"dim": 1} if norm == "weight" else {}  # input side: x's grad is needed anyway
+    fast, ref = twins(LAYERS["conv1d"][0], norm, **kwargs)
+    for m in (fast, ref):
+        for name, p in m.named_parameters():
+            p.requires_grad_(name.split(".")[-1] not in frozen)
+    check_against_reference(fast, ref, make_x((1, 8, 4)), scaled=True)
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_non_contiguous_inputs(norm):
+    for make, x in (
+        (LAYERS["linear"][0], make_x((6, 4)).detach().t().requires_grad_()),
+        (LAYERS["conv2d"][0], make_x((1, 8, 4, 4)).detach().to(memory_format=torch.channels_last)),
+        (LAYERS["conv1d"][0], make_x((1, 4, 8)).detach().transpose(1, 2).requires_grad_()),
+    ):
+        assert not x.is_contiguous()
+        check_against_reference(*twins(make, norm), x, scaled=True)
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_inference_under_no_grad(norm):
+    fast, ref = twins(LAYERS["conv1d"][0], norm)
+    x = make_x((1, 8, 4), requires_grad=False)
+    with torch.no_grad():
+        with pn.fast_paths():
+            y = fast(x)
+        y_ref = ref(x)
+    assert y.grad_fn is None
+    close(y, y_ref)
+    for a, b in zip(fast.buffers(), ref.buffers(), strict=True):
+        close(a, b)
+
+
+def test_dtype_mismatch_raises_like_torch():
+    for norm in NORMS:
+        fast, ref = twins(LAYERS["linear"][0], norm)
+        x = make_x((4, 6), torch.float32)
+        with pytest.raises(RuntimeError) as theirs:
+            ref(x)
+        with pn.fast_paths(), pytest.raises(RuntimeError) as ours:
+            fast(x)
+        assert str(ours.value) == str(theirs.value)
 
 
 # ---------------------------------------------------------------- fallbacks
