@@ -275,6 +275,30 @@ def test_dtype_mismatch_raises_like_torch():
         assert str(ours.value) == str(theirs.value)
 
 
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_plan_follows_each_call(norm):
+    """The per-layer plan cache is keyed on the call: shape and requires_grad changes re-plan."""
+    kwargs = {"dim": 1} if norm == "weight" else {}
+    fast, ref = twins(LAYERS["linear"][0], norm, **kwargs)
+    calls = [((4, 6), True, True), ((1, 6), True, True), ((8, 6), True, False), ((4, 6), True, True)]
+    if norm == "weight":  # input side: needs x to require grad
+        calls += [((4, 6), False, False), ((4, 6), True, True)]
+    for shape, x_grad, scaled in calls:
+        check_against_reference(fast, ref, make_x(shape, requires_grad=x_grad), scaled=scaled)
+
+
+def test_spectral_warm_up_pending_falls_back_once():
+    """A checkpoint without u, v: the first forward warms up on the usual path, then scaled."""
+    fast, ref = twins(LAYERS["linear"][0], "spectral")
+    scramble_uv(fast, ref)
+    for m in (fast, ref):
+        m.parametrizations.weight[0]._warm_up_pending = True
+    x = make_x((4, 6))
+    check_against_reference(fast, ref, x, scaled=False)
+    assert not fast.parametrizations.weight[0]._warm_up_pending
+    check_against_reference(fast, ref, x, scaled=True)
+
+
 # ---------------------------------------------------------------- fallbacks
 
 
