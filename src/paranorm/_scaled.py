@@ -83,13 +83,13 @@ def _op(plan: _Plan, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     )
 
 
-def _channel_sum(t: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """Sum of ``t`` over every axis but the channel one (over all of them for a 0-dim s)."""
+def _channel_dot(a: torch.Tensor, b: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """sum(a * b) over every axis but the channel one (over all of them for a 0-dim s)."""
     if not plan.per_channel:
-        return t.sum()
+        return torch.vdot(a.reshape(-1), b.reshape(-1))
     if not plan.conv:
-        return t.reshape(-1, t.shape[-1]).sum(0)
-    return t.sum([0] + list(range(2, t.ndim)))
+        return torch.linalg.vecdot(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), dim=0)
+    return (a * b).sum([0] + list(range(2, a.ndim)))
 
 
 def _bias_sum(grad_y: torch.Tensor, plan: _Plan) -> torch.Tensor:
@@ -181,7 +181,7 @@ class _ScaledLayer(torch.autograd.Function):
         grad_b = _bias_sum(grad_y, plan) if need_b else None
         if plan.side == "out":
             grad_op, op_input = grad_y * s_act, x
-            grad_s = _channel_sum(grad_y * y0, plan)
+            grad_s = _channel_dot(grad_y, y0, plan)
         else:
             grad_op, op_input = grad_y, x * s_act
         # Linear: dL/dx_op first (for an input-side s), dL/dV last, in one GEMM with the
@@ -197,7 +197,7 @@ class _ScaledLayer(torch.autograd.Function):
         elif need_x or plan.side == "in":
             grad_in = grad_op @ weight
         if plan.side == "in":
-            grad_s = _channel_sum(grad_in * x, plan)
+            grad_s = _channel_dot(grad_in, x, plan)
         grad_x = None
         if need_x:
             grad_x = grad_in if plan.side == "out" else grad_in * s_act
@@ -220,18 +220,15 @@ class _ScaledLayer(torch.autograd.Function):
                 grad_w.addcmul_(u_w, v_w)
         else:
             # s = g / ||v||: ds/dv = -g / ||v||^2 v / ||v||, zero where the eps clamp holds.
-            grad_s = grad_s.view_as(s)
-            clamped = norm.clamp_min(plan.eps) if plan.eps else norm
-            if need_g:
-                grad_g = grad_s / clamped
-            coef = grad_s * s / (clamped * norm)
+            grad_g = grad_s.view_as(s) / (norm.clamp_min(plan.eps) if plan.eps else norm)
+            coef = grad_g * s / norm
             if plan.eps:
                 coef = torch.where(norm >= plan.eps, coef, torch.zeros_like(coef))
             if not plan.conv:
                 grad_op2d = grad_op.reshape(-1, grad_op.shape[-1])
                 grad_w = grad_op2d.t() @ op_input.reshape(-1, op_input.shape[-1])
             grad_w.addcmul_(weight, coef, value=-1.0)
-        return grad_x, (grad_w if need_w else None), grad_b, grad_g, None, None, None, None
+        return grad_x, (grad_w if need_w else None), grad_b, (grad_g if need_g else None), None, None, None, None
 
 
 def _side(module: nn.Module, dim: int | None) -> str | None:
