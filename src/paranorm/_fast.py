@@ -17,6 +17,11 @@ Only the hard and soft "reshape" spectral norm of a float32/float64 weight, outs
 takes this path; anything else (1-D weights, half types, double backward) uses the reference
 autograd graph.
 
+The same switch turns on the activation-scaled forward of :mod:`paranorm._scaled` (weight norm
+and spectral norm as a scale on a Linear/Conv layer's output or input channels, no normalized
+weight at all), where the layer's shapes make it cheaper; this fused W / sigma is what spectral
+norm runs elsewhere.
+
 Opt-in, process-wide: ``paranorm.set_fast_paths(True)`` or ``with paranorm.fast_paths():``.
 The default path stays bit for bit torch's (its outputs and gradients are tested with
 ``torch.equal``); the fused path agrees with it to rounding (a dot product sums in another order
@@ -44,12 +49,12 @@ _ENABLED = False
 
 
 def fast_paths_enabled() -> bool:
-    """Whether spectral norms take the fused path (False unless switched on)."""
+    """Whether the fast paths are on (False unless switched on)."""
     return _ENABLED
 
 
 def set_fast_paths(enabled: bool) -> bool:
-    """Turn the fused spectral-norm path on or off for the whole process; return the old setting.
+    """Turn the fast paths on or off for the whole process; return the old setting.
 
     Read at every forward, so it applies to modules normalized before the call too.
     """
@@ -60,7 +65,9 @@ def set_fast_paths(enabled: bool) -> bool:
 
 @contextlib.contextmanager
 def fast_paths(enabled: bool = True) -> Iterator[None]:
-    """Turn the fused spectral-norm path on (or off) inside a ``with`` block, process-wide.
+    """Turn the fast paths (fused spectral norm, scaled activations) on or off in a ``with`` block.
+
+    Process-wide while the block runs.
 
     Example:
         >>> import torch, paranorm as pn
