@@ -28,8 +28,8 @@ NORMS = {"weight": pn.weight_norm, "spectral": pn.spectral_norm}
 @pytest.fixture(autouse=True)
 def _small_layers_take_the_path(monkeypatch):
     """Let tiny layers take the scaled forward (the shipped thresholds are for real sizes)."""
-    monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, "weight", 0)
-    monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, "spectral", 0)
+    for key in _scaled.MIN_WEIGHT_NUMEL:
+        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
     previous = pn.set_fast_paths(False)
     yield
     pn.set_fast_paths(previous)
@@ -399,12 +399,12 @@ def test_fallback_when_the_activation_is_not_smaller_than_the_weight():
 
 
 def test_fallback_below_the_size_threshold(monkeypatch):
-    monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, "weight", 31)
-    monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, "spectral", 31)
+    for norm in NORMS:
+        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, (norm, "linear"), 31)
     for norm in NORMS:
         fallback(*twins(LAYERS["linear"][0], norm), make_x((4, 6)))
-    monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, "weight", 30)
-    monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, "spectral", 30)
+    for norm in NORMS:
+        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, (norm, "linear"), 30)
     for norm in NORMS:
         check_against_reference(*twins(LAYERS["linear"][0], norm), make_x((4, 6)), scaled=True)
 
