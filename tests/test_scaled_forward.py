@@ -30,6 +30,7 @@ def _small_layers_take_the_path(monkeypatch):
     """Let tiny layers take the scaled forward (the shipped thresholds are for real sizes)."""
     for key in _scaled.MIN_WEIGHT_NUMEL:
         monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
+    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)
     previous = pn.set_fast_paths(False)
     yield
     pn.set_fast_paths(previous)
@@ -396,6 +397,14 @@ def test_fallback_when_the_activation_is_not_smaller_than_the_weight():
     # Linear(6, 5) on 8 rows: output 40 >= weight 30, input 48 >= 30.
     for norm in NORMS:
         fallback(*twins(LAYERS["linear"][0], norm), make_x((8, 6)))
+
+
+def test_activation_ratio_threshold(monkeypatch):
+    # Linear(6, 5), weight 30: 4 rows give an output of 20 (2/3 of the weight), 1 row gives 5.
+    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 4)
+    for norm in NORMS:
+        fallback(*twins(LAYERS["linear"][0], norm), make_x((4, 6)))
+        check_against_reference(*twins(LAYERS["linear"][0], norm), make_x((1, 6)), scaled=True)
 
 
 def test_fallback_below_the_size_threshold(monkeypatch):

@@ -16,9 +16,10 @@ written, and the backward needs no weight-sized temporaries: with the batch-size
     spectral norm: dL/dV = op_V^T(dL/dy / sigma) + c u v^T, c = -<dL/dy, y0> / sigma^2
 
 (for a Linear layer the rank-one term rides in the same GEMM as one extra row). This moves
-fewer bytes than materializing W when the scaled activation is smaller than the weight, so the
-side is chosen per call: the smaller of the allowed sides, if it is smaller than the weight;
-otherwise the layer runs its usual forward (and spectral norm its fused W / sigma path).
+fewer bytes than materializing W when the scaled activation is much smaller than the weight, so
+the side is chosen per call: the smaller of the allowed sides, if it has at most a quarter of
+the weight's elements and the weight is large enough (:data:`MIN_WEIGHT_NUMEL`); otherwise the
+layer runs its usual forward (and spectral norm its fused W / sigma path).
 
 Taken only with :func:`paranorm.fast_paths` on, for a ``weight`` that carries exactly one
 paranorm weight norm or "reshape" spectral norm, on an exact ``nn.Linear``/``ConvNd``/
@@ -48,17 +49,21 @@ _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _SUPPORTED = _LINEAR + _CONV + _CONV_TRANSPOSE
 
 
-#: Smallest weight (elements) that takes the scaled forward, per (norm, layer family); inf:
-#: never. Measured on CPU (torch 2.13, 2 threads), against torch's materialized path:
-#: - weight norm, Linear: break-even between 512x512 and 1024x1024 (below, the dozen small ops
-#:   of the scaled backward cost more dispatch time than torch's two fused kernels; above, no
-#:   weight-sized temporaries and half the peak memory);
+#: The scaled forward is taken where the scaled activation has at most 1/ACTIVATION_RATIO of
+#: the weight's elements (measured, CPU: Conv1d 256ch k5 on 4x256, activation 0.8 of the
+#: weight, ran 1.18x slower than torch's path; at 1/8 and below it wins)...
+ACTIVATION_RATIO = 4
+#: ...and the weight has at least this many elements, per (norm, layer family); inf: never.
+#: Measured on CPU (torch 2.13, 2 threads), against torch's materialized path:
+#: - weight norm, Linear: from 1024x4096 up, 0.5-0.9x torch's step and half its peak memory;
+#:   at 1024x1024 even, within this machine's noise (0.75-1.11x); below, the dozen small ops of
+#:   the scaled backward cost more dispatch time than torch's two fused kernels;
 #: - weight norm, convolutions: never; the activation-sized ops and their dispatch, run between
 #:   two big convolutions, cost more than torch's two fused kernels on a small kernel tensor
 #:   (Conv2d 256ch 16x16: 1.09x torch's step; Conv1d 512ch k7: 0.98x);
 #: - spectral norm: wins from 256x256 up, Linear and convolutions alike.
 MIN_WEIGHT_NUMEL: dict[tuple[str, str], float] = {
-    ("weight", "linear"): 1 << 19,
+    ("weight", "linear"): 1 << 21,
     ("weight", "conv"): math.inf,
     ("spectral", "linear"): 1 << 16,
     ("spectral", "conv"): 1 << 16,
@@ -301,11 +306,11 @@ def _make_plan(
         out_numel = x.numel() // weight.shape[1] * weight.shape[0]
     # Scaling the input needs dL/dx for <dL/dx_s, x>: free when x requires grad, a whole extra
     # backward GEMM or convolution when it does not.
-    sizes = {"out": out_numel, "in": x.numel() if x.requires_grad else weight.numel()}
+    sizes = {"out": out_numel, "in": x.numel() if x.requires_grad else math.inf}
     if side == "any":
         side = min(sizes, key=sizes.__getitem__)
     threshold = MIN_WEIGHT_NUMEL["spectral" if spectral else "weight", "conv" if conv else "linear"]
-    if sizes[side] >= weight.numel() or weight.numel() < threshold:
+    if sizes[side] * ACTIVATION_RATIO > weight.numel() or weight.numel() < threshold:
         return None  # materializing W moves fewer bytes, or costs fewer Python-dispatched ops
     return _Plan(
         conv=conv,

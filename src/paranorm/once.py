@@ -30,6 +30,12 @@ def normalize_once() -> Iterator[None]:
     it: a parameter changed inside the block would not reach the cached weight. ``backward()``
     may run inside or after. Applies to every parametrized module (paranorm's and torch's).
 
+    Do not call a ``copy.deepcopy`` of a normalized module (an EMA copy of a generator, say) in
+    the same block as the original: torch's cache keys each weight by the module its
+    parametrized class was made for, a deep copy shares that class, so the copy would get the
+    original's weight (torch 2.13, ``torch.nn.utils.parametrize``). Inside the block the fast
+    paths' scaled forward is not used: the cached weight is.
+
     Example:
         >>> import torch, paranorm as pn
         >>> d = pn.spectral_norm(torch.nn.Linear(4, 1))
