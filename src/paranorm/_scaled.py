@@ -309,9 +309,8 @@ def _make_plan(
     sizes = {"out": out_numel, "in": x.numel() if x.requires_grad else math.inf}
     if side == "any":
         side = min(sizes, key=sizes.__getitem__)
-    threshold = MIN_WEIGHT_NUMEL["spectral" if spectral else "weight", "conv" if conv else "linear"]
-    if sizes[side] * ACTIVATION_RATIO > weight.numel() or weight.numel() < threshold:
-        return None  # materializing W moves fewer bytes, or costs fewer Python-dispatched ops
+    if sizes[side] * ACTIVATION_RATIO > weight.numel():
+        return None  # materializing W moves fewer bytes (the weight's size is checked before)
     return _Plan(
         conv=conv,
         transposed=isinstance(module, _CONV_TRANSPOSE),
@@ -344,6 +343,10 @@ def _scaled_call(module: Any, x: torch.Tensor, output_size: Any) -> torch.Tensor
     elif kind == "spectral_norm" and not getattr(p, "_warm_up_pending", True):
         g, weight = None, plist.original
     else:
+        return None
+    # First the test that rejects small layers for good, cheaply: the rest costs microseconds.
+    family = "linear" if isinstance(module, _LINEAR) else "conv"
+    if weight.numel() < MIN_WEIGHT_NUMEL["weight" if g is not None else "spectral", family]:
         return None
     try:
         if torch.is_autocast_enabled(x.device.type):
