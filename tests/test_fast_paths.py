@@ -163,6 +163,36 @@ def test_normalize_once_weight_norm_equals_two_calls():
         close(p.grad, q.grad, torch.float64)
 
 
+@pytest.mark.parametrize("norm", [pn.weight_norm, pn.spectral_norm])
+def test_normalize_once_gives_a_deep_copy_its_own_weight(norm):
+    """torch keys cached() weights by the module its class was made for; a deepcopy (an EMA
+    copy) shares the class, so without paranorm's per-instance key it would read the original's."""
+    torch.manual_seed(8)
+    original = norm(nn.Linear(4, 3).double())
+    copy_ = copy.deepcopy(original)
+    with torch.no_grad():
+        for p in copy_.parameters():
+            p.mul_(-2.0)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    expected = {}
+    for name, m in (("original", original), ("copy", copy_)):
+        twin = copy.deepcopy(m)  # outside the block: each computes its own weight
+        y = twin(x)
+        y.square().sum().backward()
+        expected[name] = (y.detach(), [p.grad for p in twin.parameters()])
+    with pn.normalize_once():
+        ys = {"original": original(x), "copy": copy_(x)}
+        (ys["original"].square().sum() + ys["copy"].square().sum()).backward()
+    for name, m in (("original", original), ("copy", copy_)):
+        close(ys[name].detach(), expected[name][0], torch.float64)
+        for p, g in zip(m.parameters(), expected[name][1], strict=True):
+            assert p.grad is not None, name
+            close(p.grad, g, torch.float64)
+    with pn.normalize_once():  # torch's own parametrization still shares (documented)
+        theirs = torch_param.weight_norm(nn.Linear(4, 3).double())
+        assert copy.deepcopy(theirs).weight is theirs.weight
+
+
 def test_switch_is_off_by_default_and_scoped():
     assert not pn.fast_paths_enabled()
     with pn.fast_paths():

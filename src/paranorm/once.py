@@ -17,9 +17,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+import torch
+from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["normalize_once"]
+__all__ = ["key_cache_by_instance", "normalize_once"]
 
 
 @contextlib.contextmanager
@@ -30,11 +32,10 @@ def normalize_once() -> Iterator[None]:
     it: a parameter changed inside the block would not reach the cached weight. ``backward()``
     may run inside or after. Applies to every parametrized module (paranorm's and torch's).
 
-    Do not call a ``copy.deepcopy`` of a normalized module (an EMA copy of a generator, say) in
-    the same block as the original: torch's cache keys each weight by the module its
-    parametrized class was made for, a deep copy shares that class, so the copy would get the
-    original's weight (torch 2.13, ``torch.nn.utils.parametrize``). Inside the block the fast
-    paths' scaled forward is not used: the cached weight is.
+    A deep copy of a model normalized by paranorm (an EMA copy of a generator, say) gets its own
+    cached weight (see :func:`key_cache_by_instance`); one normalized with torch's own
+    parametrizations shares the original's inside the block (torch 2.13). Inside the block the
+    fast paths' scaled forward is not used: the cached weight is.
 
     Example:
         >>> import torch, paranorm as pn
@@ -48,3 +49,33 @@ def normalize_once() -> Iterator[None]:
     """
     with parametrize.cached():
         yield
+
+
+def key_cache_by_instance(module: nn.Module, name: str) -> None:
+    """Key the cached ``module.<name>`` by the instance it is read from, deep copies included.
+
+    torch's parametrized property keys ``parametrize.cached()``'s entries by the module its
+    parametrized class was made for (a closure), and ``copy.deepcopy`` shares that class: inside
+    the block a copy would read the original's weight, and its own parameters get no gradient.
+    This replaces the property on that class (torch's removal deletes it as usual) with one that
+    keys torch's cache by ``id(self)``; outside a cached block it is torch's getter.
+    """
+    cls = type(module)
+    torch_property = cls.__dict__.get(name)
+    if not isinstance(torch_property, property) or getattr(torch_property.fget, "_per_instance", False):
+        return
+    torch_get = torch_property.fget
+    assert torch_get is not None
+
+    def get(self: nn.Module) -> torch.Tensor:
+        if not parametrize._cache_enabled or torch._C._get_tracing_state() is not None:
+            return torch_get(self)  # torch's own path (and its error when tracing while cached)
+        key = (id(self), name)
+        tensor = parametrize._cache.get(key)
+        if tensor is None:
+            tensor = self.parametrizations[name]()  # type: ignore[index, operator]
+            parametrize._cache[key] = tensor
+        return tensor
+
+    get._per_instance = True  # type: ignore[attr-defined]
+    setattr(cls, name, property(get, torch_property.fset))

@@ -28,6 +28,7 @@ from ._scaled import install_scaled_forward
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
 from .estimators import power_iteration_, reshape_sigma, weight_to_matrix
+from .once import key_cache_by_instance
 
 __all__ = ["METHODS", "ReshapeSpectralNorm", "SpectralNorm", "spectral_norm"]
 
@@ -307,6 +308,7 @@ def spectral_norm(
             f"spectral_norm: bad options for method={method!r} on {where}: {error}"
         ) from None
     parametrize.register_parametrization(module, name, parametrization)
+    key_cache_by_instance(module, name)  # normalize_once: deep copies get their own weight
     if name == "weight":  # fast_paths(): scale activations instead of materializing W
         install_scaled_forward(module)
     parametrization._load_hook = module._register_load_state_dict_pre_hook(

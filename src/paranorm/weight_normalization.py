@@ -17,6 +17,7 @@ from ._load_hooks import weight_norm_keys_hook as _legacy_keys_hook
 from ._scaled import install_scaled_forward
 from ._validate import check_dim, check_eps, check_normalizable, label
 from .errors import ParanormError
+from .once import key_cache_by_instance
 
 __all__ = ["WeightNorm", "weight_norm"]
 
@@ -123,6 +124,7 @@ def weight_norm(
                 "to map zero slices to zero."
             )
     parametrize.register_parametrization(module, name, parametrization, unsafe=True)
+    key_cache_by_instance(module, name)  # normalize_once: deep copies get their own weight
     if name == "weight":  # fast_paths(): scale activations instead of materializing W
         install_scaled_forward(module)
     parametrization._load_hook = module._register_load_state_dict_pre_hook(
