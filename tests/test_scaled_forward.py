@@ -46,9 +46,8 @@ def normalized(make, norm, dtype=torch.float64, seed=0, **kwargs):
 def twins(make, norm, dtype=torch.float64, seed=0, **kwargs):
     """(module for the fast path, identical module for the reference path), built alike.
 
-    Not a deepcopy: torch's parametrize keys its ``cached()`` weights by the id of the module
-    the parametrized class was made for, and a deepcopy shares that class, so inside
-    :func:`paranorm.normalize_once` a copy would read the original's cached weight.
+    Built from the same seeds rather than deep-copied, so the two share nothing, not even the
+    class torch's parametrize generates.
     """
     return normalized(make, norm, dtype, seed, **kwargs), normalized(make, norm, dtype, seed, **kwargs)
 
