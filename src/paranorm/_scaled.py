@@ -60,7 +60,7 @@ ACTIVATION_RATIO = 4
 #:   the scaled backward cost more dispatch time than torch's two fused kernels;
 #: - weight norm, convolutions: never; the activation-sized ops and their dispatch, run between
 #:   two big convolutions, cost more than torch's two fused kernels on a small kernel tensor
-#:   (Conv2d 256ch 16x16: 1.09x torch's step; Conv1d 512ch k7: 0.98x);
+#:   (Conv2d 256ch 16x16: 1.05-1.10x torch's step; Conv1d 512ch k7: 0.97-0.99x);
 #: - spectral norm: wins from 256x256 up, Linear and convolutions alike.
 MIN_WEIGHT_NUMEL: dict[tuple[str, str], float] = {
     ("weight", "linear"): 1 << 21,
