@@ -193,6 +193,41 @@ def test_normalize_once_gives_a_deep_copy_its_own_weight(norm):
         assert copy.deepcopy(theirs).weight is theirs.weight
 
 
+# torch.func's first use imports a module that calls torch.jit.script (torch 2.13).
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("norm", [pn.weight_norm, pn.spectral_norm])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_torch_func_and_forward_ad_take_the_reference_graph(norm, batch, monkeypatch):
+    """The fast paths' Functions have no vmap/jvp: under torch.func and forward AD they step
+    aside. Batch 1 would take the scaled forward (thresholds lowered), batch 64 the fused one."""
+    from torch.autograd import forward_ad
+
+    from paranorm import _scaled
+
+    for key in _scaled.MIN_WEIGHT_NUMEL:
+        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
+    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)
+    torch.manual_seed(9)
+    layer = norm(nn.Linear(6, 5).double()).eval()  # eval: the same function at every call
+    x = torch.randn(batch, 6, dtype=torch.float64)
+    tangent = torch.randn_like(x)
+
+    def derivatives():
+        jac = torch.func.jacrev(layer)(x)
+        batched = torch.func.vmap(layer)(x.unsqueeze(1))
+        with forward_ad.dual_level():
+            jvp = forward_ad.unpack_dual(layer(forward_ad.make_dual(x, tangent))).tangent
+        return jac, batched, jvp
+
+    expected = derivatives()
+    with pn.fast_paths():
+        assert (type(layer(x.requires_grad_()).grad_fn).__name__ == "_ScaledLayerBackward") == (batch == 1)
+        x = x.detach()
+        got = derivatives()
+    for a, b in zip(got, expected, strict=True):
+        close(a, b, torch.float64)
+
+
 def test_switch_is_off_by_default_and_scoped():
     assert not pn.fast_paths_enabled()
     with pn.fast_paths():

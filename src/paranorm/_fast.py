@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 __all__ = [
     "fast_paths",
@@ -43,6 +44,7 @@ __all__ = [
     "set_fast_paths",
     "spectral_fast_ok",
     "spectral_normalize",
+    "transforms_active",
 ]
 
 _ENABLED = False
@@ -84,9 +86,20 @@ def fast_paths(enabled: bool = True) -> Iterator[None]:
         set_fast_paths(previous)
 
 
+def transforms_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) or forward-mode AD is running.
+
+    The fast paths' autograd Functions define neither ``vmap`` nor ``jvp``: under these they step
+    aside for the reference graph, which torch.func and forward AD differentiate as usual.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._functorch.maybe_current_level() is not None or forward_ad._current_level >= 0
+
+
 def spectral_fast_ok(weight: torch.Tensor, u: torch.Tensor) -> bool:
     """Whether :func:`spectral_normalize` applies: switched on, no autocast, a float32/64 matrix."""
-    if not _ENABLED:
+    if not _ENABLED or transforms_active():
         return False
     try:
         autocast = torch.is_autocast_enabled(weight.device.type)
