@@ -228,6 +228,29 @@ def test_torch_func_and_forward_ad_take_the_reference_graph(norm, batch, monkeyp
         close(a, b, torch.float64)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace_method` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.save` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("norm", [pn.weight_norm, pn.spectral_norm])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_jit_trace_under_fast_paths_records_no_python_call(norm, batch, monkeypatch, tmp_path):
+    """A trace would record the fast paths' Functions as Python calls that cannot be saved."""
+    from paranorm import _scaled
+
+    for key in _scaled.MIN_WEIGHT_NUMEL:
+        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
+    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)
+    torch.manual_seed(10)
+    layer = norm(nn.Linear(6, 5).double()).eval()
+    x = torch.randn(batch, 6, dtype=torch.float64)
+    with pn.fast_paths():
+        traced = torch.jit.trace(layer, x)
+    assert not any(node.kind() == "prim::PythonOp" for node in traced.graph.nodes())
+    torch.jit.save(traced, tmp_path / "layer.pt")
+    close(torch.jit.load(tmp_path / "layer.pt")(x), layer(x), torch.float64)
+
+
 def test_switch_is_off_by_default_and_scoped():
     assert not pn.fast_paths_enabled()
     with pn.fast_paths():

@@ -41,10 +41,10 @@ from torch.autograd import forward_ad
 __all__ = [
     "fast_paths",
     "fast_paths_enabled",
+    "reference_graph_needed",
     "set_fast_paths",
     "spectral_fast_ok",
     "spectral_normalize",
-    "transforms_active",
 ]
 
 _ENABLED = False
@@ -86,20 +86,26 @@ def fast_paths(enabled: bool = True) -> Iterator[None]:
         set_fast_paths(previous)
 
 
-def transforms_active() -> bool:
-    """Whether a torch.func transform (grad, vmap, jacrev, ...) or forward-mode AD is running.
+def reference_graph_needed() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...), forward-mode AD or
+    ``torch.jit.trace`` is running.
 
-    The fast paths' autograd Functions define neither ``vmap`` nor ``jvp``: under these they step
-    aside for the reference graph, which torch.func and forward AD differentiate as usual.
+    The fast paths' autograd Functions define neither ``vmap`` nor ``jvp``, and a trace would
+    record them as Python calls that cannot be saved or exported: under these the fast paths
+    step aside for the reference graph.
     """
     if torch.compiler.is_compiling():
         return False
-    return torch._C._functorch.maybe_current_level() is not None or forward_ad._current_level >= 0
+    return (
+        torch._C._functorch.maybe_current_level() is not None
+        or forward_ad._current_level >= 0
+        or torch._C._get_tracing_state() is not None
+    )
 
 
 def spectral_fast_ok(weight: torch.Tensor, u: torch.Tensor) -> bool:
     """Whether :func:`spectral_normalize` applies: switched on, no autocast, a float32/64 matrix."""
-    if not _ENABLED or transforms_active():
+    if not _ENABLED or reference_graph_needed():
         return False
     try:
         autocast = torch.is_autocast_enabled(weight.device.type)

@@ -25,7 +25,7 @@ Taken only with :func:`paranorm.fast_paths` on, for a ``weight`` that carries ex
 paranorm weight norm or "reshape" spectral norm, on an exact ``nn.Linear``/``ConvNd``/
 ``ConvTransposeNd`` (never a subclass with its own forward), float32/float64 outside autocast,
 plain tensors (not DTensor), batched input, zero padding mode, outside
-:func:`paranorm.normalize_once`, torch.func transforms and forward-mode AD. The module keeps its class, state_dict and ``module.weight``
+:func:`paranorm.normalize_once`, torch.func transforms, forward-mode AD and jit tracing. The module keeps its class, state_dict and ``module.weight``
 (still the normalized weight when read); forward hooks run as usual.
 """
 
@@ -344,11 +344,11 @@ def _scaled_call(module: Any, x: torch.Tensor, output_size: Any) -> torch.Tensor
         g, weight = None, plist.original
     else:
         return None
-    # First the test that rejects small layers for good, cheaply: the rest costs microseconds.
+    if _fast.reference_graph_needed():  # (first: under a trace, numel() is a traced value)
+        return None
+    # Then the test that rejects small layers for good, cheaply: the rest costs microseconds.
     family = "linear" if isinstance(module, _LINEAR) else "conv"
     if weight.numel() < MIN_WEIGHT_NUMEL["weight" if g is not None else "spectral", family]:
-        return None
-    if _fast.transforms_active():
         return None
     try:
         if torch.is_autocast_enabled(x.device.type):
