@@ -319,3 +319,27 @@ def test_channels_last_weight_matches_torch():
         (ours(x) ** 2).sum().backward()
     for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
         close(a.grad, b.grad, torch.float64)
+
+
+def test_fused_soft_spectral_gradient_at_the_float32_clamp_boundary():
+    """At sigma == float32(coeff) < coeff the clamp is active in float32 (torch passes the
+    gradient at equality); the fused backward must test it in the weight's dtype too."""
+    def layer():
+        m = pn.spectral_norm(nn.Linear(2, 2, bias=False), coeff=0.7)
+        p = m.parametrizations.weight
+        with torch.no_grad():
+            p.original.copy_(torch.tensor([[0.7, 0.0], [0.0, 0.1]]))  # sigma = float32(0.7)
+            p[0]._u.copy_(torch.tensor([1.0, 0.0]))
+            p[0]._v.copy_(torch.tensor([1.0, 0.0]))
+        return m.eval()
+
+    x = torch.tensor([[1.0, 2.0]] * 3)  # output larger than the weight: not the scaled forward
+    grads = []
+    for fast in (False, True):
+        m = layer()
+        with pn.fast_paths(fast):
+            y = m(x)
+            y.sum().backward()
+        assert type(y.grad_fn).__name__ != "_ScaledLayerBackward"
+        grads.append(m.parametrizations.weight.original.grad)
+    torch.testing.assert_close(grads[1], grads[0])

@@ -694,3 +694,31 @@ def test_compile_fullgraph_trains_like_eager():
     for a, b in zip(eager.state_dict().values(), compiled_model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("norm", "kwargs", "attr", "new"),
+    [("spectral", {"coeff": 0.1}, "coeff", 100.0), ("weight", {"eps": 1e-3}, "eps", 10.0)],
+    ids=["spectral-coeff", "weight-eps"],
+)
+def test_scaled_forward_follows_a_changed_parametrization_attribute(norm, kwargs, attr, new):
+    """The per-layer plan is keyed on the parametrization's dim, eps and coeff too (a coeff
+    schedule must reach the scaled forward)."""
+
+    def linear():
+        torch.manual_seed(0)
+        return NORMS[norm](nn.Linear(6, 5).double(), **kwargs)
+
+    fast, ref = linear(), linear()
+    x = torch.randn(1, 6, dtype=torch.float64, requires_grad=True)
+    with pn.fast_paths():
+        fast(x)  # caches the plan
+    ref(x)  # the same power step
+    for m in (fast, ref):
+        m.parametrizations.weight[0].eval()
+        setattr(m.parametrizations.weight[0], attr, new)
+    with pn.fast_paths():
+        y = fast(x)
+    y_ref = ref(x)
+    assert type(y.grad_fn).__name__ == "_ScaledLayerBackward"
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)

@@ -356,7 +356,10 @@ def _scaled_call(module: Any, x: torch.Tensor, output_size: Any) -> torch.Tensor
     except (RuntimeError, AttributeError):  # not a tensor, or a device type autocast does not know
         return None
     # The plan depends only on these (and on the module's fixed geometry): cache it.
-    key = (type(x), x.shape, x.dtype, x.requires_grad, type(weight), weight.dtype, output_size)
+    key = (
+        type(x), x.shape, x.dtype, x.requires_grad, type(weight), weight.dtype, weight.shape,
+        output_size, p.dim, p.eps, getattr(p, "coeff", None),
+    )
     compiling = torch.compiler.is_compiling()
     cached = None if compiling else p.__dict__.get("_paranorm_scaled_plan")
     if cached is not None and cached[0] == key:
