@@ -183,11 +183,13 @@ class _SpectralDivide(torch.autograd.Function):
         if fuse and not torch.compiler.is_compiling():
             # One pass, beta * G + alpha * u v^T, with the scalars read to the host in one go
             # (free on CPU): fewer small ops, whose dispatch dominates for small weights.
-            # The clamp's test in the weight's dtype, as the forward made it (in float32,
-            # sigma / coeff can be exactly 1 there and below 1 in Python's float64).
-            active = scale if ctx.coeff is None else (sigma / ctx.coeff >= 1.0).to(sigma.dtype)
-            inner_f, active_f, scale_f = torch.stack((inner, active, scale)).tolist()
-            slope_f = 1.0 if ctx.coeff is None else active_f / ctx.coeff
+            scalars = [inner, scale]
+            if ctx.coeff is not None:
+                # The clamp's test in the weight's dtype, as the forward made it (in float32,
+                # sigma / coeff can be exactly 1 there and below 1 in Python's float64).
+                scalars.append((sigma / ctx.coeff >= 1.0).to(sigma.dtype))
+            inner_f, scale_f, *active = torch.stack(scalars).tolist()
+            slope_f = 1.0 if ctx.coeff is None else active[0] / ctx.coeff
             out = torch.addr(grad.reshape(grad.shape[0], -1), u, v, beta=1.0 / scale_f,
                              alpha=-inner_f * slope_f / (scale_f * scale_f))
             return out.view(grad.shape), None, None, None, None, None
