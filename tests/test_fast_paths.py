@@ -197,16 +197,12 @@ def test_normalize_once_gives_a_deep_copy_its_own_weight(norm):
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("norm", [pn.weight_norm, pn.spectral_norm])
 @pytest.mark.parametrize("batch", [1, 64])
-def test_torch_func_and_forward_ad_take_the_reference_graph(norm, batch, monkeypatch):
+@pytest.mark.usefixtures("small_layers_scaled")
+def test_torch_func_and_forward_ad_take_the_reference_graph(norm, batch):
     """The fast paths' Functions have no vmap/jvp: under torch.func and forward AD they step
     aside. Batch 1 would take the scaled forward (thresholds lowered), batch 64 the fused one."""
     from torch.autograd import forward_ad
 
-    from paranorm import _scaled
-
-    for key in _scaled.MIN_WEIGHT_NUMEL:
-        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
-    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)
     torch.manual_seed(9)
     layer = norm(nn.Linear(6, 5).double()).eval()  # eval: the same function at every call
     x = torch.randn(batch, 6, dtype=torch.float64)
@@ -234,13 +230,9 @@ def test_torch_func_and_forward_ad_take_the_reference_graph(norm, batch, monkeyp
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("norm", [pn.weight_norm, pn.spectral_norm])
 @pytest.mark.parametrize("batch", [1, 64])
-def test_jit_trace_under_fast_paths_records_no_python_call(norm, batch, monkeypatch, tmp_path):
+@pytest.mark.usefixtures("small_layers_scaled")
+def test_jit_trace_under_fast_paths_records_no_python_call(norm, batch, tmp_path):
     """A trace would record the fast paths' Functions as Python calls that cannot be saved."""
-    from paranorm import _scaled
-
-    for key in _scaled.MIN_WEIGHT_NUMEL:
-        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
-    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)
     torch.manual_seed(10)
     layer = norm(nn.Linear(6, 5).double()).eval()
     x = torch.randn(batch, 6, dtype=torch.float64)

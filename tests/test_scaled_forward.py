@@ -26,11 +26,7 @@ NORMS = {"weight": pn.weight_norm, "spectral": pn.spectral_norm}
 
 
 @pytest.fixture(autouse=True)
-def _small_layers_take_the_path(monkeypatch):
-    """Let tiny layers take the scaled forward (the shipped thresholds are for real sizes)."""
-    for key in _scaled.MIN_WEIGHT_NUMEL:
-        monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
-    monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)
+def _small_layers_take_the_path(small_layers_scaled):
     previous = pn.set_fast_paths(False)
     yield
     pn.set_fast_paths(previous)
