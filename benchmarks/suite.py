@@ -1,11 +1,12 @@
 """The full benchmark suite: every case of paranorm.bench.FULL, training step and eval forward.
 
-    .venv/bin/python benchmarks/suite.py [--repeats 30] [--compile] [--json PATH]
+    .venv/bin/python benchmarks/suite.py [--repeats 30] [--compile] [--device cuda] [--json PATH]
 
 Prints the markdown table that README's "Performance" section shows, and the summary of the
 issue's targets; ``--json PATH`` also writes the whole report (atomically). torch runs on
 paranorm.bench.BENCH_THREADS (2) threads. ``--compile`` adds torch.compile'd training steps
 for the cases in COMPILE_CASES (inductor; compilation is excluded from the times).
+``--device cuda`` runs the models on a GPU (synchronized timing, CUDA allocator peaks).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import tempfile
 
 from paranorm.bench import FULL, markdown_table, run_suite
+from paranorm.errors import ParanormError
 
 COMPILE_CASES = ("linear-1024-1024-b1", "sngan-d-b16")
 
@@ -25,18 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help=f"also time compiled steps of {COMPILE_CASES}")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
     args = parser.parse_args(argv)
-    report = run_suite(
-        FULL,
-        repeats=args.repeats,
-        compile_cases=COMPILE_CASES if args.compile else (),
-        progress=lambda text: print(f"  {text}", file=sys.stderr, flush=True),
-    )
+    try:
+        report = run_suite(
+            FULL,
+            repeats=args.repeats,
+            compile_cases=COMPILE_CASES if args.compile else (),
+            progress=lambda text: print(f"  {text}", file=sys.stderr, flush=True),
+            device=args.device,
+        )
+    except ParanormError as error:
+        print(f"suite: {error}", file=sys.stderr)
+        return 2
     meta = report["meta"]
     load = meta["load_average_1min_before_after"]
-    print(f"CPU ({meta['cpu_count']} cores, load average {load[0]} before, {load[1]} after), "
-          f"{meta['threads']} threads, torch {meta['torch']}, {meta['date']}, "
+    print(f"{meta['device']}; CPU: {meta['cpu_count']} cores, load average {load[0]} before, {load[1]} after, "
+          f"{meta['threads']} threads; torch {meta['torch']}, {meta['date']}, "
           f"min of {meta['repeats']} interleaved samples\n")
     print(markdown_table(report))
     print()

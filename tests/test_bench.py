@@ -91,3 +91,34 @@ def test_suites_name_known_cases_and_cover_the_issue():
     kinds = {CASES[c].id.split("-")[0] for c in FULL}
     assert {"linear", "conv1d", "conv2d", "convtr1d", "hifigan", "sngan"} <= kinds
     assert CASES["sngan-d-b16"].calls == 2
+
+
+def test_device_is_checked_before_anything_runs(capsys):
+    with pytest.raises(ParanormError, match="not supported.*'cpu' or 'cuda"):
+        run_suite(["linear-16-8-b2"], repeats=1, device="meta")
+    with pytest.raises(ParanormError, match="cannot parse device 'gpu0'"):
+        run_suite(["linear-16-8-b2"], repeats=1, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ParanormError, match=r"is_available\(\) is False"):
+            run_suite(["linear-16-8-b2"], repeats=1, device="cuda")
+        assert main(["bench", "--cases", "linear-16-8-b2", "--device", "cuda"]) != 0
+        assert "is_available() is False" in capsys.readouterr().err
+
+
+def test_report_names_its_device_and_best_share():
+    report = run_suite(["tiny-d-b2"], repeats=2, warmup=0, target_s=1e-4, modes=("train",), threads=1)
+    assert report["meta"]["device"] == "cpu"
+    summary = report["summary"]["spectral_norm"]
+    (result,) = report["results"]
+    expected = result["overheads"].get("paranorm-once-overhead/torch-overhead")
+    assert summary["median_overhead_share_best"] == expected  # one case: its own share (or None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_times_and_measures_on_the_gpu():
+    report = run_suite(["linear-16-8-b2"], repeats=2, warmup=0, target_s=1e-4, threads=1, device="cuda")
+    assert report["meta"]["device"].startswith("cuda:")
+    train = report["results"][0]
+    check_consistent(train)
+    # The gradients alone are (8*16 + 8) float32s, allocated on the GPU during the step.
+    assert train["peak_bytes"]["plain"] >= (8 * 16 + 8) * 4

@@ -23,6 +23,11 @@ Peak memory: bytes of tensor storage allocated and not yet freed during one step
 running total, read from ``torch.profiler``'s allocator events (``profile_memory=True``: every
 CPU allocation and free, with its size). Storage alive before the step (parameters, buffers,
 inputs) is not counted; gradients, activations and temporaries are.
+
+On a CUDA device (``device="cuda"``), the models and inputs live there, every sample ends with
+``torch.cuda.synchronize()`` (kernels run asynchronously: the clock must wait for them), and peak
+memory is ``torch.cuda.max_memory_allocated()`` during the step minus what was allocated before
+it (the caching allocator's own count of live tensor bytes, the same quantity).
 """
 
 from __future__ import annotations
@@ -219,8 +224,8 @@ def _implementations(case: Case, norm: str, mode: str, compiled: bool) -> list[s
     return impls
 
 
-def _build(case: Case, norm: str, impl: str, mode: str, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
+def _build(case: Case, norm: str, impl: str, mode: str, seed: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(seed)  # built on the CPU, then moved: the same weights on every device
     model = case.make()
     base = impl.removesuffix("-compiled")
     if base != "plain":
@@ -229,7 +234,7 @@ def _build(case: Case, norm: str, impl: str, mode: str, seed: int) -> nn.Module:
     if impl == "paranorm-folded":
         model.eval()
         model = fold(model)
-    return model.train(mode == "train")
+    return model.to(device).train(mode == "train")
 
 
 def _step_fn(model: nn.Module, impl: str, mode: str, inputs: list[torch.Tensor]) -> Callable[[], None]:
@@ -274,12 +279,22 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def peak_bytes(fn: Callable[[], None], attempts: int = 3) -> int | None:
-    """Peak of (allocated - freed) CPU tensor bytes while ``fn`` runs, from profiler events.
+def peak_bytes(fn: Callable[[], None], attempts: int = 3, device: torch.device | str = "cpu") -> int | None:
+    """Peak of (allocated - freed) tensor bytes on ``device`` while ``fn`` runs.
 
-    None if the profiler recorded no allocation in ``attempts`` tries (it occasionally returns
-    an empty trace): "not measured", never a made-up 0.
+    CPU: from the profiler's allocator events; None if it recorded no allocation in ``attempts``
+    tries (it occasionally returns an empty trace): "not measured", never a made-up 0. CUDA: the
+    caching allocator's peak during ``fn`` minus its count before.
     """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+
     from torch.profiler import ProfilerActivity, profile
 
     events: list[tuple[int, int]] = []
@@ -301,13 +316,17 @@ def peak_bytes(fn: Callable[[], None], attempts: int = 3) -> int | None:
 
 
 def _time_interleaved(
-    fns: dict[str, Callable[[], None]], repeats: int, warmup: int, target_s: float
+    fns: dict[str, Callable[[], None]], repeats: int, warmup: int, target_s: float,
+    sync: Callable[[], None],
 ) -> tuple[dict[str, list[float]], int]:
+    """Samples per implementation (seconds per call); ``sync`` waits for queued device work."""
     names = list(fns)
     for fn in fns.values():
         fn()  # first call: lazy allocations, caches
+    sync()
     t0 = time.perf_counter()
     fns[names[0]]()
+    sync()
     single = max(time.perf_counter() - t0, 1e-7)
     inner = max(1, min(1000, round(target_s / single)))
     samples: dict[str, list[float]] = {n: [] for n in names}
@@ -315,9 +334,11 @@ def _time_interleaved(
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             fn = fns[name]
+            sync()
             t0 = time.perf_counter()
             for _ in range(inner):
                 fn()
+            sync()
             elapsed = (time.perf_counter() - t0) / inner
             if r >= warmup:
                 samples[name].append(elapsed)
@@ -354,14 +375,17 @@ def bench_case(
     target_s: float,
     seed: int = 0,
     compiled: bool = False,
+    device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Time one case/norm/mode for every implementation; return times, ratios and peak memory."""
+    device = torch.device(device)
     impls = _implementations(case, norm, mode, compiled)
     torch.manual_seed(seed + 7)
-    inputs = [torch.randn(case.input_shape) for _ in range(case.calls)]
-    models = {impl: _build(case, norm, impl, mode, seed) for impl in impls}
+    inputs = [torch.randn(case.input_shape).to(device) for _ in range(case.calls)]
+    models = {impl: _build(case, norm, impl, mode, seed, device) for impl in impls}
     fns = {impl: _step_fn(models[impl], impl, mode, inputs) for impl in impls}
-    samples, inner = _time_interleaved(fns, repeats, warmup, target_s)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    samples, inner = _time_interleaved(fns, repeats, warmup, target_s, sync)
     times = {k: {"min": min(v), "median": statistics.median(v)} for k, v in samples.items()}
     peaks = {}
     for impl, fn in fns.items():
@@ -370,7 +394,7 @@ def bench_case(
         # depend on the session history.
         for param in models[impl].parameters():
             param.grad = None
-        peaks[impl] = peak_bytes(fn)
+        peaks[impl] = peak_bytes(fn, device=device)
     return {
         "case": case.id,
         "description": case.description,
@@ -386,6 +410,11 @@ def bench_case(
     }
 
 
+def _best_train(result: dict[str, Any]) -> str:
+    """The best paranorm training-step implementation in ``result`` (the table's "best")."""
+    return "paranorm-once" if "paranorm-once" in result["times_s"] else "paranorm-fast"
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's targets, evaluated on ``results`` (min-based)."""
     out: dict[str, Any] = {}
@@ -395,6 +424,9 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         key = "paranorm-fast-overhead/torch-overhead"
         shares = [r["overheads"][key] for r in train if key in r["overheads"]]
+        # "best", as in the table: the once policy where the case calls the model twice a step.
+        best = [r["overheads"].get(f"{_best_train(r)}-overhead/torch-overhead") for r in train]
+        best = [b for b in best if b is not None]
         vs_torch = [r["ratios"]["paranorm-fast/torch"] for r in train]
         mem = [r["peak_bytes"]["paranorm-fast"] <= r["peak_bytes"]["torch"] for r in train
                if None not in (r["peak_bytes"]["paranorm-fast"], r["peak_bytes"]["torch"])]
@@ -404,6 +436,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
                  if key in r["overheads"] and r["ratios"]["torch/plain"] > 1.10]
         out[norm] = {
             "median_overhead_share_fast": statistics.median(shares) if shares else None,
+            "median_overhead_share_best": statistics.median(best) if best else None,
             "median_overhead_share_fast_where_torch_overhead_gt_10pct": (
                 statistics.median(clear) if clear else None
             ),
@@ -422,6 +455,35 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _bench_device(device: str) -> torch.device:
+    """``device`` as a torch.device, if the benchmark can run there; else a ParanormError."""
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParanormError(f"bench: cannot parse device {device!r} ({exc}); use 'cpu' or 'cuda[:N]'.") from None
+    if target.type == "cpu":
+        return target
+    if target.type != "cuda":
+        raise ParanormError(f"bench: device {device!r} is not supported; use 'cpu' or 'cuda[:N]'.")
+    if not torch.cuda.is_available():
+        raise ParanormError(
+            f"bench: device {device!r} asked for, but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}); run on a machine with a CUDA build of torch and a GPU, or use 'cpu'."
+        )
+    index = torch.cuda.current_device() if target.index is None else target.index
+    if index >= torch.cuda.device_count():
+        raise ParanormError(
+            f"bench: device {device!r} asked for, but there are {torch.cuda.device_count()} CUDA device(s)."
+        )
+    return torch.device("cuda", index)
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
 def run_suite(
     case_ids: Sequence[str],
     *,
@@ -432,13 +494,15 @@ def run_suite(
     threads: int = BENCH_THREADS,
     compile_cases: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run the cases ``case_ids`` (keys of :data:`CASES`); return a JSON-able report.
 
     ``repeats`` samples per implementation after ``warmup`` dropped rounds; each sample times
     enough calls to last about ``target_s`` seconds. torch runs on ``threads`` threads for the
     duration (restored after). Cases in ``compile_cases`` also time ``torch.compile``'d
-    training steps (plain, torch, paranorm-fast), compilation excluded.
+    training steps (plain, torch, paranorm-fast), compilation excluded. ``device``: "cpu", or
+    a CUDA device ("cuda", "cuda:1").
     """
     if repeats < 1 or warmup < 0 or target_s <= 0:
         raise ParanormError(
@@ -447,6 +511,7 @@ def run_suite(
     for mode in modes:
         if mode not in ("train", "eval"):
             raise ParanormError(f"bench: unknown mode {mode!r}; expected 'train' or 'eval'.")
+    target = _bench_device(device)
     cases = select_cases(case_ids)
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     previous = torch.get_num_threads()
@@ -460,14 +525,15 @@ def run_suite(
                         progress(f"{case.id} {norm} {mode}")
                     results.append(
                         bench_case(case, norm, mode, repeats=repeats, warmup=warmup,
-                                   target_s=target_s, compiled=case.id in compile_cases)
+                                   target_s=target_s, compiled=case.id in compile_cases,
+                                   device=target)
                     )
     finally:
         torch.set_num_threads(previous)
     return {
         "meta": {
             "torch": torch.__version__,
-            "device": "cpu",
+            "device": _describe(target),
             "threads": threads,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "repeats": repeats,
@@ -478,7 +544,11 @@ def run_suite(
             ],
             "cpu_count": os.cpu_count(),
             "ratios_of": "minimum times",
-            "peak_memory": "torch.profiler allocator events: peak of allocated minus freed bytes in one step",
+            "peak_memory": (
+                "torch.cuda.max_memory_allocated during one step minus memory_allocated before it"
+                if target.type == "cuda" else
+                "torch.profiler allocator events: peak of allocated minus freed bytes in one step"
+            ),
         },
         "results": results,
         "summary": summarize(results),
@@ -508,9 +578,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in report["results"]:
         ra, ov, pk = r["ratios"], r["overheads"], r["peak_bytes"]
-        fast = "paranorm-fast" if r["mode"] == "train" else "paranorm-folded"
-        once = "paranorm-once" in r["times_s"]
-        fast_key = "paranorm-once" if once else fast
+        fast_key = _best_train(r) if r["mode"] == "train" else "paranorm-folded"
         share = ov.get(f"{fast_key}-overhead/torch-overhead")
         rows.append([
             r["case"],

@@ -48,6 +48,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="training step, eval forward or both (default both)")
     parser.add_argument("--threads", type=positive_int, default=BENCH_THREADS,
                         help=f"torch threads while timing (default {BENCH_THREADS}: fixed, so runs compare)")
+    parser.add_argument("--device", default="cpu",
+                        help="where the models run: cpu (default) or cuda[:N] (synchronized timing, "
+                             "CUDA allocator peaks)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd training steps (inductor, fullgraph; slow to compile)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     progress = None if quiet else (lambda text: print(f"  {text}", file=sys.stderr, flush=True))
     report = run_suite(ids, repeats=repeats, warmup=2 if args.quick else 3,
                        target_s=0.002 if args.quick else 0.004, modes=modes, threads=args.threads,
-                       compile_cases=ids if args.compile else (), progress=progress)
+                       compile_cases=ids if args.compile else (), progress=progress,
+                       device=args.device)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     header, rows = table_rows(report)
     meta = report["meta"]
-    table = Table(title=f"paranorm bench: CPU, {meta['threads']} threads, torch {meta['torch']}, "
+    table = Table(title=f"paranorm bench: {meta['device']}, {meta['threads']} CPU threads, torch {meta['torch']}, "
                         f"{meta['date']}; ratios of minima over {meta['repeats']} samples")
     for name in header:
         table.add_column(name, justify="left" if name in ("case", "norm") else "right")
