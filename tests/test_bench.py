@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
 
-from paranorm.bench import CASES, FULL, QUICK, markdown_table, peak_bytes, run_suite, select_cases
+from paranorm.bench import (
+    CASES,
+    FULL,
+    QUICK,
+    markdown_table,
+    paired_overheads,
+    peak_bytes,
+    run_suite,
+    select_cases,
+)
 from paranorm.cli import main
 from paranorm.errors import ParanormError
 
@@ -24,6 +34,13 @@ def check_consistent(result):
         assert share == pytest.approx(expected, rel=1e-12)
     for stats in result["times_s"].values():
         assert 0 < stats["min"] <= stats["median"]
+    samples = result["samples_s"]
+    for impl, stats in result["times_s"].items():
+        assert len(samples[impl]) == result["samples"] and min(samples[impl]) == stats["min"]
+    for impl, paired in result["overheads_paired"].items():
+        d = [t - p for t, p in zip(samples[impl], samples["plain"])]
+        d_torch = [t - p for t, p in zip(samples["torch"], samples["plain"])]
+        assert paired["share"] == pytest.approx(statistics.median(d) / statistics.median(d_torch), rel=1e-12)
     assert set(result["peak_bytes"]) == set(result["times_s"])
 
 
@@ -122,3 +139,25 @@ def test_cuda_run_times_and_measures_on_the_gpu():
     check_consistent(train)
     # The gradients alone are (8*16 + 8) float32s, allocated on the GPU during the step.
     assert train["peak_bytes"]["plain"] >= (8 * 16 + 8) * 4
+
+
+def test_paired_share_cancels_a_load_change_that_hits_whole_rounds():
+    # Overheads of 1.0 (torch) and 0.3 (fast) on top of a plain step whose time swings 10x
+    # between rounds: minima mix rounds, pairs do not.
+    load = [1.0, 10.0, 3.0, 7.0, 2.0, 5.0, 9.0, 4.0, 6.0, 8.0] * 3
+    samples = {"plain": load, "torch": [t + 1.0 for t in load], "paranorm-fast": [t + 0.3 for t in load]}
+    paired = paired_overheads(samples)["paranorm-fast"]
+    assert paired["share"] == pytest.approx(0.3)
+    assert paired["p10"] == pytest.approx(0.3) and paired["p90"] == pytest.approx(0.3)
+
+
+def test_paired_share_is_undefined_where_torch_has_no_overhead():
+    plain = [1.0] * 30
+    # torch's overhead: +1 in 16 rounds, -1 in 14: the median is +1, but about 4 resamplings
+    # in 10 put it at -1 or 0, so the share has a value and no interval.
+    torch_times = [1.0 + d for d in [-1.0, 1.0] * 14 + [1.0, 1.0]]
+    samples = {"plain": plain, "torch": torch_times, "paranorm-fast": [1.5] * 30}
+    paired = paired_overheads(samples)["paranorm-fast"]
+    assert paired == {"share": 0.5, "p10": None, "p90": None}
+    samples["torch"] = [0.9] * 30  # torch faster than plain: no share at all
+    assert paired_overheads(samples) == {}

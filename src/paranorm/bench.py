@@ -16,6 +16,11 @@ only for cases called more than once per step) and, for eval, ``paranorm-folded`
 ``torch-compiled`` and ``paranorm-fast-compiled`` time ``torch.compile(fullgraph=True)``'d
 training steps, compilation excluded (it happens in the untimed first call).
 
+The share of torch's overhead that an implementation leaves, (t_impl - t_plain) / (t_torch -
+t_plain), is reported twice: from the minima, and from round-paired differences (median over
+rounds, with an 80% bootstrap interval, :func:`paired_overheads`), which shows where torch's own
+overhead is too small next to this machine's noise for the share to mean anything.
+
 Training step = zero the grads (set to None), the forward(s), ``sum().backward()``. Eval
 forward = ``model.eval()`` under ``torch.no_grad()``.
 
@@ -35,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import random
 import statistics
 import time
 import warnings
@@ -365,6 +371,47 @@ def _overheads(times: dict[str, dict[str, float]]) -> dict[str, float]:
             for a in ("paranorm", "paranorm-fast", "paranorm-once") if a in t}
 
 
+def paired_overheads(
+    samples: dict[str, list[float]], resamples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, float | None]]:
+    """Share of torch's overhead left, from round-paired samples, with an 80% interval.
+
+    Round r times every implementation back to back, so a change of load hits the round as a
+    whole and the paired difference d_r = t_impl,r - t_plain,r cancels most of it. share =
+    median(d_impl) / median(d_torch); p10 and p90 are the percentiles of that ratio over
+    ``resamples`` bootstrap resamplings of the rounds (Efron & Tibshirani 1993, ch. 13). Where
+    torch's own overhead is noise-sized, the interval is wide, or None when more than a tenth
+    of the resamplings put torch's median overhead at or below zero. No entry at all when the
+    full sample does.
+    """
+    plain = samples["plain"]
+    rounds = len(plain)
+    d_torch = [t - p for t, p in zip(samples["torch"], plain)]
+    rng = random.Random(seed)
+    draws = [[rng.randrange(rounds) for _ in range(rounds)] for _ in range(resamples)]
+
+    def share(d: list[float], idx: Sequence[int]) -> float | None:
+        denominator = statistics.median([d_torch[i] for i in idx])
+        return statistics.median([d[i] for i in idx]) / denominator if denominator > 0 else None
+
+    out: dict[str, dict[str, float | None]] = {}
+    for impl in ("paranorm", "paranorm-fast", "paranorm-once"):
+        if impl not in samples:
+            continue
+        d = [t - p for t, p in zip(samples[impl], plain)]
+        point = share(d, range(rounds))
+        if point is None:
+            continue
+        boots = sorted(b for b in (share(d, idx) for idx in draws) if b is not None)
+        defined = len(boots) >= 0.9 * resamples
+        out[impl] = {
+            "share": point,
+            "p10": boots[int(0.1 * len(boots))] if defined else None,
+            "p90": boots[int(0.9 * len(boots)) - 1] if defined else None,
+        }
+    return out
+
+
 def bench_case(
     case: Case,
     norm: str,
@@ -407,6 +454,8 @@ def bench_case(
         "peak_bytes": peaks,
         "ratios": _ratios(times),
         "overheads": _overheads(times),
+        "overheads_paired": paired_overheads(samples) if mode == "train" else {},
+        "samples_s": samples,
     }
 
 
@@ -415,8 +464,23 @@ def _best_train(result: dict[str, Any]) -> str:
     return "paranorm-once" if "paranorm-once" in result["times_s"] else "paranorm-fast"
 
 
+def _paired_summary(train: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best implementation's round-paired shares: median, and how many cases their 80%
+    interval places clearly at or under half of torch's overhead, clearly over it, or neither."""
+    paired = [r["overheads_paired"].get(_best_train(r)) for r in train]
+    shares = [p["share"] for p in paired if p is not None]
+    met = sum(1 for p in paired if p is not None and p["p90"] is not None and p["p90"] <= 0.5)
+    missed = sum(1 for p in paired if p is not None and p["p10"] is not None and p["p10"] > 0.5)
+    return {
+        "median_paired_share_best": statistics.median(shares) if shares else None,
+        "paired_share_interval_at_most_half": f"{met}/{len(train)}",
+        "paired_share_interval_above_half": f"{missed}/{len(train)}",
+        "paired_share_undecided": f"{len(train) - met - missed}/{len(train)}",
+    }
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's targets, evaluated on ``results`` (min-based)."""
+    """The issue's targets, evaluated on ``results`` (on minima; and on round-paired medians)."""
     out: dict[str, Any] = {}
     for norm in NORMS:
         train = [r for r in results if r["norm"] == norm and r["mode"] == "train"]
@@ -444,6 +508,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "max_fast_over_torch": max(vs_torch),
             "worst_case": max(train, key=lambda r: r["ratios"]["paranorm-fast/torch"])["case"],
             "peak_memory_not_above_torch": f"{sum(mem)}/{len(mem)}",
+            **_paired_summary(train),
         }
     # paranorm's default path runs torch's very kernels: the spread of their ratio is the noise.
     same = [r["ratios"]["paranorm/torch"] for r in results]
@@ -563,6 +628,14 @@ def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.0f} us"
 
 
+def _paired_cell(paired: dict[str, float | None] | None) -> str:
+    if paired is None:
+        return "-"
+    low, high = paired["p10"], paired["p90"]
+    interval = "[undefined]" if low is None or high is None else f"[{low:.2f}, {high:.2f}]"
+    return f"{paired['share']:.2f} {interval}"
+
+
 def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the human table (also used for the README).
 
@@ -571,7 +644,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """
     header = ["case", "norm", "mode: best paranorm", "plain min", "legacy/plain", "torch/plain",
               "paranorm/plain", "best/plain", "best/torch", "best overhead / torch's",
-              "peak MiB torch / best"]
+              "paired [80% interval]", "peak MiB torch / best"]
     compiled = any("torch-compiled" in r["times_s"] for r in report["results"])
     if compiled:
         header += ["compiled: torch/plain", "compiled: fast/torch"]
@@ -591,6 +664,7 @@ def table_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             f"{ra[fast_key + '/plain']:.2f}",
             f"{ra[fast_key + '/torch']:.2f}",
             "-" if share is None else f"{share:.2f}",
+            _paired_cell(r["overheads_paired"].get(fast_key)),
             f"{_mib(pk['torch'])} / {_mib(pk[fast_key])}",
         ])
         if compiled:
