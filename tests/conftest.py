@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from paranorm import _scaled
+from paranorm import _fast, _scaled
 
 
 @pytest.fixture
-def small_layers_scaled(monkeypatch):
-    """Let tiny layers take the fast paths' scaled forward (the shipped thresholds, measured
-    for real sizes, would send them to the materialized path)."""
+def small_layers_fused(monkeypatch):
+    """Let tiny weights take the fused W / sigma path (the shipped threshold, measured for real
+    sizes, keeps them on torch's graph)."""
+    monkeypatch.setattr(_fast, "FUSED_MIN_NUMEL", 0)
+
+
+@pytest.fixture
+def small_layers_scaled(monkeypatch, small_layers_fused):
+    """Let tiny layers take the fast paths' scaled forward, and the fused path where it does not
+    apply (the shipped thresholds, measured for real sizes, would send them to torch's graph)."""
     for key in _scaled.MIN_WEIGHT_NUMEL:
         monkeypatch.setitem(_scaled.MIN_WEIGHT_NUMEL, key, 0)
     monkeypatch.setattr(_scaled, "ACTIVATION_RATIO", 1)

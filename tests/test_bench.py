@@ -129,6 +129,8 @@ def test_report_names_its_device_and_best_share():
     (result,) = report["results"]
     expected = result["overheads"].get("paranorm-once-overhead/torch-overhead")
     assert summary["median_overhead_share_best"] == expected  # one case: its own share (or None)
+    assert summary["default_path_interval_misses_1"] in ("0/1", "1/1")
+    assert summary["paired_share_undecided"].endswith("/1")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

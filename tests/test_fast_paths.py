@@ -17,6 +17,12 @@ from torch.nn.utils import parametrize
 import paranorm as pn
 from paranorm import _fast
 
+
+@pytest.fixture(autouse=True)
+def _tiny_weights_fused(small_layers_fused):
+    """These tests use tiny layers, to be quick: let them take the fused path."""
+
+
 LAYERS = {
     "linear": (lambda: nn.Linear(6, 5), (4, 6)),
     "conv1d": (lambda: nn.Conv1d(3, 4, 3), (2, 3, 9)),
@@ -335,3 +341,22 @@ def test_fused_soft_spectral_gradient_at_the_float32_clamp_boundary():
         assert type(y.grad_fn).__name__ != "_ScaledLayerBackward"
         grads.append(m.parametrizations.weight.original.grad)
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_small_weights_keep_torchs_graph_bit_for_bit(monkeypatch):
+    """Under FUSED_MIN_NUMEL the fused path costs more than it saves: torch's exact graph runs."""
+    monkeypatch.setattr(_fast, "FUSED_MIN_NUMEL", 31)  # between the two layers below
+    calls = []
+    monkeypatch.setattr(_fast._SpectralDivide, "apply", lambda *a: calls.append(a) or a[0] / a[1])
+    theirs, ours, x = twins("linear", torch.float32)  # 30-element weight: under the threshold
+    with pn.fast_paths():
+        ours(x).sum().backward()
+    theirs(x).sum().backward()
+    assert calls == []
+    assert torch.equal(ours.weight, theirs.weight)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    big = pn.spectral_norm(nn.Linear(8, 4))  # 32 elements: fused
+    with pn.fast_paths():
+        big(torch.randn(2, 8))
+    assert len(calls) == 1
