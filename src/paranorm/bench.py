@@ -2,8 +2,10 @@
 
 For each case (a layer shape or a small model) and each norm, every implementation is built
 from the same plain module, then timed *interleaved*: round r runs one sample of each
-implementation, in an order rotated every round, so that a load spike on a shared machine hits
-them all alike. The first rounds are warm-up and dropped; the report keeps the minimum (the
+implementation, so that a load spike on a shared machine hits them all alike, in an order drawn
+at random every round (seeded): with a fixed rotation, each implementation would always run
+right after the same other one, whose freed temporaries leave the allocator in the same state
+for it, a bias that lasts the whole run. The first rounds are warm-up and dropped; the report keeps the minimum (the
 least disturbed figure) and the median of the rest. Ratios are of minima. A sample times
 ``inner`` back-to-back calls, ``inner`` chosen once per case so that a sample lasts a few ms.
 
@@ -336,8 +338,9 @@ def _time_interleaved(
     single = max(time.perf_counter() - t0, 1e-7)
     inner = max(1, min(1000, round(target_s / single)))
     samples: dict[str, list[float]] = {n: [] for n in names}
+    rng = random.Random(0)
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = rng.sample(names, len(names))
         for name in order:
             fn = fns[name]
             sync()
