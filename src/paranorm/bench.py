@@ -5,9 +5,10 @@ from the same plain module, then timed *interleaved*: round r runs one sample of
 implementation, so that a load spike on a shared machine hits them all alike, in an order drawn
 at random every round (seeded): with a fixed rotation, each implementation would always run
 right after the same other one, whose freed temporaries leave the allocator in the same state
-for it, a bias that lasts the whole run. The first rounds are warm-up and dropped; the report keeps the minimum (the
-least disturbed figure) and the median of the rest. Ratios are of minima. A sample times
-``inner`` back-to-back calls, ``inner`` chosen once per case so that a sample lasts a few ms.
+for it, a bias that lasts the whole run. The first rounds are warm-up and dropped; the report
+keeps the minimum (the least disturbed figure) and the median of the rest. Ratios are of
+minima. A sample times ``inner`` back-to-back calls, ``inner`` chosen once per case so that a
+sample lasts a few ms.
 
 Implementations: ``plain`` (no norm), ``torch-legacy`` (``torch.nn.utils.weight_norm`` /
 ``spectral_norm`` hooks), ``torch`` (``torch.nn.utils.parametrizations``), ``paranorm`` (the
