@@ -8,7 +8,8 @@ its shard of every global batch with a DistributedSampler; DDP all-reduces the g
 g, v (weight norm) or of the weight (spectral norm). Spectral norm's u, v are buffers: by
 default DDP broadcasts rank 0's copies over the others before every forward (see
 paranorm.distributed). At the end the script checks that every parameter and
-buffer is identical on every rank and rank 0 saves the state_dict.
+buffer is identical on every rank, rank 0 saves the state_dict, and every rank ends the run
+with paranorm.distributed.destroy_process_group(), which tears gloo down cleanly.
 """
 
 from __future__ import annotations
@@ -88,29 +89,9 @@ def save_atomic(state: dict[str, torch.Tensor], path: str) -> None:
         raise
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["gloo", "nccl"], default="gloo",
-                        help="gloo for CPU processes, nccl for one GPU per process")
-    parser.add_argument("--norm", choices=["none", "weight_norm", "spectral_norm"], default="weight_norm")
-    parser.add_argument("--method", default="reshape", help="spectral_norm method")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--no-forward-sync", action="store_true",
-                        help="no buffer broadcast before each forward (u, v then stay equal only "
-                             "because every rank runs the same deterministic power step)")
-    parser.add_argument("--out", default="", help="where rank 0 saves the trained state_dict")
-    args = parser.parse_args()
-
-    dist.init_process_group(args.backend)  # rank, world size, address: from torchrun's env
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if args.backend == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-
+def train(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> nn.Module:
+    """Train under DDP; return the bare model. The DDP wrapper and the optimizer die with this
+    function, so that nothing holds the process group when it is destroyed."""
     torch.manual_seed(0)  # the same initial model on every rank (DDP also broadcasts rank 0's)
     model = build(args.norm, args.method).to(device)
     x, y = spirals(4096, seed=1)
@@ -139,8 +120,35 @@ def main() -> None:
             if step == args.steps:
                 break
         epoch += 1
+    return model
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["gloo", "nccl"], default="gloo",
+                        help="gloo for CPU processes, nccl for one GPU per process")
+    parser.add_argument("--norm", choices=["none", "weight_norm", "spectral_norm"], default="weight_norm")
+    parser.add_argument("--method", default="reshape", help="spectral_norm method")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=256, help="global batch size")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--no-forward-sync", action="store_true",
+                        help="no buffer broadcast before each forward (u, v then stay equal only "
+                             "because every rank runs the same deterministic power step)")
+    parser.add_argument("--out", default="", help="where rank 0 saves the trained state_dict")
+    args = parser.parse_args()
+
+    dist.init_process_group(args.backend)  # rank, world size, address: from torchrun's env
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if args.backend == "nccl":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+
+    model = train(args, rank, world, device)
     model.eval()
+    x, y = spirals(4096, seed=1)
     with torch.no_grad():
         accuracy = (model(x.to(device)).argmax(1) == y.to(device)).float().mean().item()
     agree = ranks_agree(model)
@@ -149,7 +157,9 @@ def main() -> None:
               f"train accuracy {accuracy:.3f}  ranks agree: {agree}")
         if args.out:
             save_atomic({k: v.cpu() for k, v in model.state_dict().items()}, args.out)
-    dist.destroy_process_group()
+    # Not torch's destroy_process_group alone: a DDP reducer left for the interpreter's exit
+    # aborts the process in about one run of four (see paranorm.distributed).
+    pn.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

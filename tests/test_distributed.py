@@ -91,12 +91,21 @@ def _perturb(state: nn.Module) -> None:
 
 def _worker(rank: int, port: int, outdir: str) -> None:
     import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    # Every DDP wrapper and sharded model lives and dies inside _run: one still alive at the
+    # interpreter's exit aborts the process at gloo's teardown (see paranorm.distributed).
+    results = _run(rank)
+    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
+    pn.distributed.destroy_process_group()
+
+
+def _run(rank: int) -> dict[str, Any]:
     from torch.distributed.fsdp import MixedPrecisionPolicy
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from paranorm import distributed as pnd
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     x, y = global_batch()
     # Each rank gets its own half of each of the two half-batches used per step.
     xs = torch.cat([c.chunk(WORLD)[rank] for c in x.chunk(2)])
@@ -194,8 +203,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         results["shard-twice"] = "no error"
     except ParanormError as error:
         results["shard-twice"] = str(error)
-    torch.save(results, os.path.join(outdir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    return results
 
 
 def _free_port() -> int:
@@ -314,6 +322,11 @@ def test_normalizing_a_sharded_module_is_refused(ranks):
 def test_fully_shard_needs_a_process_group():
     with pytest.raises(ParanormError, match="init_process_group"):
         pn.distributed.fully_shard(pn.weight_norm(nn.Linear(3, 3)))
+
+
+def test_destroy_process_group_without_a_group_does_nothing():
+    pn.distributed.destroy_process_group()
+    assert not torch.distributed.is_initialized()
 
 
 @pytest.mark.slow
