@@ -12,7 +12,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(PY) pyproject.toml constraints.txt
-	$(PIP) -e .
+	$(PIP) -e '.[cli]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -32,8 +32,9 @@ test-fast: install-dev
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 lint: install-dev
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .hypothesis src/*.egg-info

@@ -32,9 +32,9 @@ from rich.table import Table
 from torch import nn
 
 import paranorm as pn
-from paranorm import estimators as est
-from paranorm import measure as sigma_measure
-from paranorm.measure import SVD_MAX_ENTRIES, SVD_MAX_SIDE
+from paranorm._sigma import dense, fourier
+from paranorm._sigma.dense import SVD_MAX_ENTRIES, SVD_MAX_SIDE
+from paranorm._sigma.layer import layer_of
 
 METHODS = ("reshape", "power", "fft", "gram")
 
@@ -97,10 +97,10 @@ def timed(fn: Callable[[], pn.SigmaResult]) -> tuple[pn.SigmaResult, float]:
 def top_singular_values(m: nn.Module, shape: tuple[int, ...], how: str, k: int = 9) -> torch.Tensor:
     """The k largest singular values of the operator, from the dense matrix or the DFT."""
     if how == "svd":
-        layer = sigma_measure.layer_of(m)
-        return torch.linalg.svdvals(sigma_measure.dense_matrix(layer, shape))[:k]
+        layer = layer_of(m)
+        return torch.linalg.svdvals(dense.dense_matrix(layer, shape))[:k]
     w = m.weight.detach().double()
-    mats = est.frequency_matrices(w, shape[1:], m.dilation, m.groups)
+    mats = fourier.frequency_matrices(w, shape[1:], m.dilation, m.groups)
     values = torch.linalg.svdvals(mats)  # (F, r): rfft keeps half the last axis
     n_last = shape[-1]
     last = torch.arange(n_last // 2 + 1).repeat(values.shape[0] // (n_last // 2 + 1))

@@ -1,10 +1,10 @@
-"""The full benchmark suite: every case of paranorm.bench.FULL, training step and eval forward.
+"""The full benchmark suite: every case of paranorm._bench.FULL, training step and eval forward.
 
     .venv/bin/python benchmarks/suite.py [--repeats 30] [--compile] [--device cuda] [--json PATH]
 
 Prints the markdown table that README's "Performance" section shows, and the summary of the
 issue's targets; ``--json PATH`` also writes the whole report (atomically). torch runs on
-paranorm.bench.BENCH_THREADS (2) threads. ``--compile`` adds torch.compile'd training steps
+paranorm._bench.BENCH_THREADS (2) threads. ``--compile`` adds torch.compile'd training steps
 for the cases in COMPILE_CASES (inductor; compilation is excluded from the times).
 ``--device cuda`` runs the models on a GPU (synchronized timing, CUDA allocator peaks).
 """
@@ -17,8 +17,8 @@ import os
 import sys
 import tempfile
 
-from paranorm.bench import FULL, markdown_table, run_suite
-from paranorm.errors import ParanormError
+from paranorm import ParanormError
+from paranorm._bench import FULL, markdown_table, run_suite
 
 COMPILE_CASES = ("linear-1024-1024-b1", "sngan-d-b16")
 

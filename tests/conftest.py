@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from paranorm import _fast, _scaled
+import paranorm as pn
+from paranorm._fast import fused as _fused
+from paranorm._fast import scaled as _scaled
+
+
+@pytest.fixture(autouse=True)
+def _fast_paths_off():
+    """Every test starts with the fast paths off, the default (so bit-exact parity with torch is
+    what the default path is tested for), and one that switches them on cannot leak that."""
+    previous = pn.set_fast_paths(False)
+    yield
+    pn.set_fast_paths(previous)
 
 
 @pytest.fixture
 def small_layers_fused(monkeypatch):
     """Let tiny weights take the fused W / sigma path (the shipped threshold, measured for real
     sizes, keeps them on torch's graph)."""
-    monkeypatch.setattr(_fast, "FUSED_MIN_NUMEL", 0)
+    monkeypatch.setattr(_fused, "FUSED_MIN_NUMEL", 0)
 
 
 @pytest.fixture

@@ -78,7 +78,7 @@ class ResBlock1(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for c1, c2 in zip(self.convs1, self.convs2):
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
             y = c1(F.leaky_relu(x, 0.1))
             x = x + c2(F.leaky_relu(y, 0.1))
         return x
@@ -111,7 +111,7 @@ class Generator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_pre(x)
-        for up, blocks in zip(self.ups, self.resblocks):
+        for up, blocks in zip(self.ups, self.resblocks, strict=True):
             x = up(F.leaky_relu(x, 0.1))
             xs = torch.zeros_like(x)  # multi-receptive-field fusion: the mean of the blocks
             for block in blocks:

@@ -11,8 +11,8 @@ from torch.nn.utils import parametrizations as torch_param
 from torch.nn.utils import parametrize
 
 import paranorm as pn
-from paranorm import apply as apply_module
-from paranorm.errors import ParanormError
+from paranorm import ParanormError
+from paranorm import _apply as apply_module
 
 
 @pytest.fixture

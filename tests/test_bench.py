@@ -8,18 +8,11 @@ import statistics
 import pytest
 import torch
 
-from paranorm.bench import (
-    CASES,
-    FULL,
-    QUICK,
-    markdown_table,
-    paired_overheads,
-    peak_bytes,
-    run_suite,
-    select_cases,
-)
+from paranorm import ParanormError
+from paranorm._bench import CASES, FULL, QUICK, markdown_table, run_suite, select_cases
+from paranorm._bench.stats import paired_overheads
+from paranorm._bench.timing import peak_bytes
 from paranorm.cli import main
-from paranorm.errors import ParanormError
 
 
 def check_consistent(result):
@@ -38,8 +31,8 @@ def check_consistent(result):
     for impl, stats in result["times_s"].items():
         assert len(samples[impl]) == result["samples"] and min(samples[impl]) == stats["min"]
     for impl, paired in result["overheads_paired"].items():
-        d = [t - p for t, p in zip(samples[impl], samples["plain"])]
-        d_torch = [t - p for t, p in zip(samples["torch"], samples["plain"])]
+        d = [t - p for t, p in zip(samples[impl], samples["plain"], strict=True)]
+        d_torch = [t - p for t, p in zip(samples["torch"], samples["plain"], strict=True)]
         assert paired["share"] == pytest.approx(statistics.median(d) / statistics.median(d_torch), rel=1e-12)
     assert set(result["peak_bytes"]) == set(result["times_s"])
 
@@ -93,7 +86,7 @@ def test_peak_bytes_counts_a_known_allocation():
 
 
 def test_unknown_case_is_an_error(capsys):
-    with pytest.raises(ParanormError, match="unknown case.*nope"):
+    with pytest.raises(ParanormError, match=r"unknown case.*nope"):
         select_cases(["nope"])
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--cases", "nope"])
@@ -111,7 +104,7 @@ def test_suites_name_known_cases_and_cover_the_issue():
 
 
 def test_device_is_checked_before_anything_runs(capsys):
-    with pytest.raises(ParanormError, match="not supported.*'cpu' or 'cuda"):
+    with pytest.raises(ParanormError, match=r"not supported.*'cpu' or 'cuda"):
         run_suite(["linear-16-8-b2"], repeats=1, device="meta")
     with pytest.raises(ParanormError, match="cannot parse device 'gpu0'"):
         run_suite(["linear-16-8-b2"], repeats=1, device="gpu0")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 import paranorm as pn
-from paranorm import demo
+from paranorm import _demo as demo
 from paranorm.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"

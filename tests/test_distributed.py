@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 import paranorm as pn
-from paranorm.errors import ParanormError
-from paranorm.spectral_normalization import METHODS
+from paranorm import ParanormError
+from paranorm._spectral_norm import PARAMETRIZATIONS as METHODS
 
 WORLD = 2
 STEPS = 8
@@ -101,15 +101,23 @@ def _worker(rank: int, port: int, outdir: str) -> None:
 
 
 def _run(rank: int) -> dict[str, Any]:
-    from torch.distributed.fsdp import MixedPrecisionPolicy
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from paranorm import distributed as pnd
-
     x, y = global_batch()
     # Each rank gets its own half of each of the two half-batches used per step.
     xs = torch.cat([c.chunk(WORLD)[rank] for c in x.chunk(2)])
     ys = torch.cat([c.chunk(WORLD)[rank] for c in y.chunk(2)])
+    results: dict[str, Any] = {}
+    results.update(_train_every_config(xs, ys))
+    results.update(_train_fast_paths(xs, ys))
+    results.update(_buffer_sync_cases(rank, xs))
+    results.update(_power_vector_cases(rank))
+    results.update(_sharded_refusals())
+    return results
+
+
+def _train_every_config(xs: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
     results: dict[str, Any] = {}
     for name, config in configs().items():
         for sync in (True, False):
@@ -117,63 +125,80 @@ def _run(rank: int) -> dict[str, Any]:
             train(DDP(model, **({} if sync else _no_forward_sync())), xs, ys)
             results[f"ddp-{name}-{sync}"] = _full(model.state_dict())
         model = build(config)
-        pnd.fully_shard(model)
+        pn.distributed.fully_shard(model)
         train(model, xs, ys)
         results[f"fsdp-{name}"] = _full(model.state_dict())
         # FSDP2 mixed precision: bfloat16 compute copies, float32 master weights and reduction.
         model = build(config)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        pnd.fully_shard(model, mp_policy=policy)
+        pn.distributed.fully_shard(model, mp_policy=policy)
         train(model, xs.bfloat16(), ys.bfloat16())
         results[f"fsdp_bf16-{name}"] = _full(model.state_dict())
+    return results
 
-    # The fast paths under DDP and FSDP2, with every layer on the scaled forward (its size
-    # thresholds lowered for these tiny layers); a separate model records which path ran.
-    from paranorm import _scaled
+
+def _train_fast_paths(xs: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
+    """The fast paths under DDP and FSDP2, with every layer on the scaled forward (its size
+    thresholds lowered for these tiny layers); a separate model records which path ran."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from paranorm._fast import scaled as _scaled
 
     for key in _scaled.MIN_WEIGHT_NUMEL:
         _scaled.MIN_WEIGHT_NUMEL[key] = 0
     _scaled.ACTIVATION_RATIO = 1
+    results: dict[str, Any] = {}
     with pn.fast_paths():
         for name in FAST_CONFIGS:
             model = build(configs()[name])
             train(DDP(model), xs, ys)
             results[f"ddp_fast-{name}"] = _full(model.state_dict())
             model = build(configs()[name])
-            pnd.fully_shard(model)
+            pn.distributed.fully_shard(model)
             train(model, xs, ys)
             results[f"fsdp_fast-{name}"] = _full(model.state_dict())
-            for engine in ("ddp", "fsdp"):
-                probe = build(configs()[name])
-                if engine == "fsdp":
-                    pnd.fully_shard(probe)
-                    out = probe(xs[:2])
-                else:
-                    out = DDP(probe)(xs[:2])
-                    out = probe(xs[:2])  # DDP wraps the output: read the layer's own node
-                results[f"path-{engine}_fast-{name}"] = type(out.grad_fn).__name__
+            probe = build(configs()[name])
+            DDP(probe)(xs[:2])
+            out = probe(xs[:2])  # DDP wraps the output: read the layer's own node
+            results[f"path-ddp_fast-{name}"] = type(out.grad_fn).__name__
+            probe = build(configs()[name])
+            pn.distributed.fully_shard(probe)
+            results[f"path-fsdp_fast-{name}"] = type(probe(xs[:2]).grad_fn).__name__
+    return results
 
-    # What buffer syncing does to the power-iteration state: rank 1 draws its own u, v, either
-    # after DDP is built (only a per-forward sync can undo it) or before (an init sync can).
-    for case in ("forward-sync", "no-forward-sync", "broadcast_buffers-False-before", "no-forward-sync-before"):
+
+def _buffer_sync_cases(rank: int, xs: torch.Tensor) -> dict[str, Any]:
+    """What buffer syncing does to the power-iteration state: rank 1 draws its own u, v, either
+    after DDP is built (only a per-forward sync can undo it) or before (an init sync can)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    results: dict[str, Any] = {}
+    options = {
+        "forward-sync": {},
+        "no-forward-sync": _no_forward_sync(),
+        "broadcast_buffers-False-before": {"broadcast_buffers": False},
+        "no-forward-sync-before": _no_forward_sync(),
+    }
+    for case, kwargs in options.items():
         model = build({"norm": "spectral_norm", "method": "reshape"})
         state = model[0].parametrizations.weight[0]
         before = case.endswith("-before")
         if before and rank == 1:
             _perturb(state)
-        if case == "forward-sync":
-            ddp = DDP(model)
-        elif case == "broadcast_buffers-False-before":
-            ddp = DDP(model, broadcast_buffers=False)
-        else:
-            ddp = DDP(model, **_no_forward_sync())
+        ddp = DDP(model, **kwargs)
         if not before and rank == 1:
             _perturb(state)
         ddp(xs)
         results[f"u-{case}"] = state._u.clone()
+    return results
 
-    # method="power" on a conv creates its vector on the first forward unless input_shape= is
-    # given: DDP lists buffers at construction, so only a vector that existed then is synced.
+
+def _power_vector_cases(rank: int) -> dict[str, Any]:
+    """method="power" on a conv creates its vector on the first forward unless input_shape= is
+    given: DDP lists buffers at construction, so only a vector that existed then is synced."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    results: dict[str, Any] = {}
     for case in ("power-lazy", "power-input_shape"):
         torch.manual_seed(0)
         conv = nn.Conv1d(1, 4, 3)
@@ -182,16 +207,20 @@ def _run(rank: int) -> dict[str, Any]:
         ddp = DDP(conv)
         signal = torch.randn(4, 1, 10, generator=torch.Generator().manual_seed(5))
         ddp(signal)
-        (name, vector), = conv.named_buffers()
+        ((_, vector),) = conv.named_buffers()
         if rank == 1:
             with torch.no_grad():
                 vector.copy_(torch.nn.functional.normalize(torch.randn(vector.shape), dim=None))
         ddp(signal)
         results[f"x-{case}"] = vector.clone()
+    return results
 
-    # Normalizing after sharding is refused at registration, with the fix in the message.
+
+def _sharded_refusals() -> dict[str, Any]:
+    """Normalizing after sharding is refused at registration, with the fix in the message."""
+    results: dict[str, Any] = {}
     sharded = nn.Sequential(nn.Linear(4, 4))
-    pnd.fully_shard(sharded)
+    pn.distributed.fully_shard(sharded)
     for fn in (pn.weight_norm, pn.spectral_norm):
         try:
             fn(sharded[0])
@@ -199,7 +228,7 @@ def _run(rank: int) -> dict[str, Any]:
         except ParanormError as error:
             results[f"after-shard-{fn.__name__}"] = str(error)
     try:
-        pnd.fully_shard(sharded)
+        pn.distributed.fully_shard(sharded)
         results["shard-twice"] = "no error"
     except ParanormError as error:
         results["shard-twice"] = str(error)

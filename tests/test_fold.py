@@ -15,9 +15,16 @@ from torch.nn.utils import parametrizations as tp
 from torch.nn.utils import parametrize
 
 import paranorm as pn
+from paranorm import (
+    NormalizationInfo,
+    NotNormalizedError,
+    ParanormError,
+    fold,
+    is_normalized,
+    normalizations,
+    remove,
+)
 from paranorm import nn as pnn
-from paranorm.errors import NotNormalizedError, ParanormError
-from paranorm.folding import NormalizationInfo, fold, is_normalized, normalizations, remove
 
 
 def legacy_wn(module: nn.Module, **kwargs) -> nn.Module:
@@ -177,9 +184,9 @@ def test_fold_in_training_mode_runs_no_power_step():
         expected.append(reference[2].weight)
     fold(model)
     assert model.training and all(m.training for m in model)
-    for vector, old in zip(vectors, saved):
+    for vector, old in zip(vectors, saved, strict=True):
         assert torch.equal(vector, old)
-    for layer, weight in zip(model, expected):
+    for layer, weight in zip(model, expected, strict=True):
         assert torch.equal(layer.weight, weight)
 
 
@@ -276,7 +283,7 @@ def test_chain_with_another_parametrization_is_baked_whole():
     with torch.no_grad():
         assert torch.equal(model(x), before)
     with pytest.raises(
-        NotNormalizedError, match="Its parametrizations are none of those.*remove_parametrizations"
+        NotNormalizedError, match=r"Its parametrizations are none of those.*remove_parametrizations"
     ):
         remove(only_other)
 

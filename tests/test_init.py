@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrizations as torch_parametrizations
 
 import paranorm as pn
-from paranorm.errors import ParanormError
+from paranorm import ParanormError
 
 TOL = 1e-4
 
@@ -161,7 +161,7 @@ def test_layer_without_bias_is_refused_and_model_untouched():
 
 def test_batch_of_one_is_refused():
     model = pn.weight_norm(nn.Linear(3, 4))
-    with pytest.raises(ParanormError, match="1 example.*batch of many"):
+    with pytest.raises(ParanormError, match=r"1 example.*batch of many"):
         pn.data_dependent_init(model, torch.randn(1, 3))
 
 

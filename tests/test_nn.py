@@ -12,9 +12,9 @@ from torch import nn
 from torch.nn.utils import parametrizations as tp
 
 import paranorm as pn
+from paranorm import ParanormError
 from paranorm import nn as pnn
-from paranorm.apply import PARAMETRIZATION_NORMS
-from paranorm.errors import ParanormError
+from paranorm._apply import PARAMETRIZATION_NORMS
 
 # --- An EnCodec-style reference (encodec/modules/conv.py), on torch's legacy hook API. --------
 
@@ -359,7 +359,7 @@ def test_time_group_norm_normalizes_each_sample_over_channels_and_time(cls, args
 
 def test_time_layer_norm_is_an_error_not_a_silent_no_op():
     with pytest.raises(
-        ParanormError, match="'time_layer_norm' is not supported.*norm='none'.*layer_norm"
+        ParanormError, match=r"'time_layer_norm' is not supported.*norm='none'.*layer_norm"
     ):
         pnn.NormConv1d(2, 3, 3, norm="time_layer_norm")
     with pytest.raises(ParanormError, match="time_layer_norm"):
@@ -379,7 +379,7 @@ def test_unknown_norm_lists_the_valid_names():
 
 
 def test_causal_time_group_norm_is_an_error():
-    with pytest.raises(ParanormError, match="time_group_norm' cannot be causal.*causal=False"):
+    with pytest.raises(ParanormError, match=r"time_group_norm' cannot be causal.*causal=False"):
         pnn.NormConv1d(2, 3, 3, causal=True, norm="time_group_norm")
     with pytest.raises(ValueError):  # EnCodec raised ValueError: ParanormError still is one
         pnn.NormConvTranspose1d(2, 3, 3, causal=True, norm="time_group_norm")
@@ -405,10 +405,10 @@ def test_bad_norm_kwargs_are_clear_errors():
 
 
 def test_norm_modules_refuse_layers_they_do_not_fit():
-    with pytest.raises(ParanormError, match="time_group_norm' needs a convolution.*got Linear"):
+    with pytest.raises(ParanormError, match=r"time_group_norm' needs a convolution.*got Linear"):
         pnn.NormLinear(3, 4, norm="time_group_norm")
     with pytest.raises(
-        ParanormError, match="layer_norm' needs a convolution or an nn.Linear, got Identity"
+        ParanormError, match=r"layer_norm' needs a convolution or an nn.Linear, got Identity"
     ):
         pnn.get_norm_module(nn.Identity(), norm="layer_norm")
     with pytest.raises(ParanormError, match="normalized_shape must be the number of channels"):
@@ -461,7 +461,7 @@ def test_pyproject_ignores_exactly_torchs_legacy_weight_norm_warning():
     """Warnings are errors in this suite; the legacy weight_norm's FutureWarning is let through."""
     torch.nn.utils.weight_norm(nn.Linear(2, 2))  # would raise if the filter did not match
     with pytest.raises(FutureWarning):
-        warnings.warn("`torch.nn.utils.spectral_norm` is deprecated (made up)", FutureWarning)
+        warnings.warn("`torch.nn.utils.spectral_norm` is deprecated (made up)", FutureWarning, stacklevel=2)
 
 
 @pytest.mark.parametrize(

@@ -42,34 +42,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrize import type_before_parametrizations
 
-from ._base import normalized_names
-from .errors import ParanormError
+from ._errors import ParanormError, entry_point
+from ._normalization import normalized_names
+from ._validate import check_not_sharded as check_not_sharded
+from ._validate import is_sharded as is_sharded
 
 __all__ = ["check_not_sharded", "destroy_process_group", "fully_shard", "is_sharded"]
 
 
-def is_sharded(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a DTensor (a parameter already sharded by FSDP2 or tensor parallel)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(tensor, DTensor)
-
-
-def check_not_sharded(module: nn.Module, name: str, norm: str, tensor: torch.Tensor) -> None:
-    """Raise if ``module.<name>`` is sharded: normalizations must be applied before sharding."""
-    if is_sharded(tensor):
-        raise ParanormError(
-            f"{norm}: {type_before_parametrizations(module).__name__}.{name} is already sharded (a DTensor, e.g. by "
-            "torch.distributed.fsdp.fully_shard); the normalization needs the whole tensor at "
-            f"registration. Apply {norm} first, then shard (paranorm.distributed.fully_shard "
-            "does both in that order)."
-        )
-
-
+@entry_point("fully_shard")
 def fully_shard(model: nn.Module, **fsdp_kwargs: Any) -> nn.Module:
     """Shard a normalized model with FSDP2: one unit per normalized layer, then the root.
 
@@ -83,13 +65,13 @@ def fully_shard(model: nn.Module, **fsdp_kwargs: Any) -> nn.Module:
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         raise ParanormError(
-            "fully_shard: torch.distributed is not initialized; call "
+            "torch.distributed is not initialized; call "
             "torch.distributed.init_process_group(...) (or run under torchrun) first."
         )
     for path, param in model.named_parameters():
         if is_sharded(param):
             raise ParanormError(
-                f"fully_shard: parameter {path} of {type(model).__name__} is already sharded; "
+                f"parameter {path} of {type(model).__name__} is already sharded; "
                 "pass the unsharded model (normalize, then call fully_shard once)."
             )
     from torch.distributed.fsdp import fully_shard as torch_fully_shard

@@ -19,7 +19,6 @@ model from EnCodec's classes is a change of import. Differences from EnCodec, al
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .apply import PARAMETRIZATION_NORMS, apply_parametrization_norm
-from .errors import ParanormError
+from ._apply import PARAMETRIZATION_NORMS, apply_parametrization_norm, check_norm_kwargs
+from ._errors import ParanormError, entry_point
+from ._torch_compat import ConvNd
 
 __all__ = [
     "CONV_NORMALIZATIONS",
@@ -59,7 +59,7 @@ _TIME_LAYER_NORM = (
 
 class _ConvNormalizations(AbstractSet[str]):
     """EnCodec's ``CONV_NORMALIZATIONS``, kept live: the registered parametrization norms
-    (:data:`paranorm.apply.PARAMETRIZATION_NORMS`, including those added by
+    (:data:`paranorm._apply.PARAMETRIZATION_NORMS`, including those added by
     :func:`paranorm.register_norm`) plus :data:`MODULE_NORMS`."""
 
     def _names(self) -> list[str]:
@@ -82,12 +82,12 @@ class _ConvNormalizations(AbstractSet[str]):
 CONV_NORMALIZATIONS: AbstractSet[str] = _ConvNormalizations()
 
 
-def _check_norm_name(norm: object, where: str) -> str:
+def _check_norm_name(norm: object) -> str:
     if norm == "time_layer_norm":
-        raise ParanormError(f"{where}: {_TIME_LAYER_NORM}")
+        raise ParanormError(_TIME_LAYER_NORM)
     if not isinstance(norm, str) or norm not in CONV_NORMALIZATIONS:
         raise ParanormError(
-            f"{where}: unknown norm {norm!r}; expected one of "
+            f"unknown norm {norm!r}; expected one of "
             f"{', '.join(repr(n) for n in CONV_NORMALIZATIONS)}. Add a parametrization norm of "
             "your own with paranorm.register_norm(name, fn)."
         )
@@ -135,12 +135,12 @@ class ConvLayerNorm(nn.LayerNorm):
 
 
 def _channels(module: nn.Module, norm: str) -> int:
-    if isinstance(module, nn.modules.conv._ConvNd):
+    if isinstance(module, ConvNd):
         return module.out_channels
     if isinstance(module, nn.Linear) and norm == "layer_norm":
         return module.out_features
     raise ParanormError(
-        f"get_norm_module: norm={norm!r} needs a convolution"
+        f"norm={norm!r} needs a convolution"
         + (" or an nn.Linear" if norm == "layer_norm" else " (it normalizes over time per sample)")
         + f", got {type(module).__name__}. Use a parametrization norm (weight_norm, "
         "spectral_norm) or 'none'" + ("." if norm == "layer_norm" else ", or 'layer_norm'.")
@@ -152,11 +152,12 @@ def _build(cls: Any, norm: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
         return cls(*args, **kwargs)
     except TypeError as error:
         raise ParanormError(
-            f"get_norm_module: bad norm_kwargs {dict(kwargs)!r} for norm={norm!r} "
+            f"bad norm_kwargs {dict(kwargs)!r} for norm={norm!r} "
             f"({cls.__name__}): {error}"
         ) from None
 
 
+@entry_point("get_norm_module")
 def get_norm_module(
     module: nn.Module, causal: bool = False, norm: str = "none", **norm_kwargs: Any
 ) -> nn.Module:
@@ -179,7 +180,11 @@ def get_norm_module(
         >>> type(gn).__name__, gn.num_groups, gn.num_channels
         ('GroupNorm', 1, 6)
     """
-    norm = _check_norm_name(norm, "get_norm_module")
+    return _norm_module(module, causal, norm, **norm_kwargs)
+
+
+def _norm_module(module: nn.Module, causal: bool, norm: str, **norm_kwargs: Any) -> nn.Module:
+    norm = _check_norm_name(norm)
     if norm == "layer_norm":
         channels = _channels(module, norm)
         cls = nn.LayerNorm if isinstance(module, nn.Linear) else ConvLayerNorm
@@ -187,7 +192,7 @@ def get_norm_module(
     if norm == "time_group_norm":
         if causal:
             raise ParanormError(
-                "get_norm_module: norm='time_group_norm' cannot be causal: GroupNorm's statistics "
+                "norm='time_group_norm' cannot be causal: GroupNorm's statistics "
                 "span the whole sequence, so each output would see the future. Use causal=False, "
                 "or norm='layer_norm' (per time step) for a causal layer."
             )
@@ -210,34 +215,11 @@ class _NormLayer(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        where = type(self).__name__
-        norm = _check_norm_name(norm, where)
-        if norm_kwargs is None:
-            norm_kwargs = {}
-        if not isinstance(norm_kwargs, Mapping):
-            raise ParanormError(
-                f"{where}: norm_kwargs must be a dict or None, got {type(norm_kwargs).__name__}. "
-                "Pass e.g. norm_kwargs={'dim': None}."
-            )
-        layer = self._layer_cls(*args, **kwargs)
-        if norm in MODULE_NORMS:
-            # The norm module is built on the layer's device and dtype unless told otherwise.
-            options: dict[str, Any] = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
-            options.update(norm_kwargs)
-            norm_module = get_norm_module(layer, causal, norm, **options)
-        else:
-            fn = PARAMETRIZATION_NORMS[norm]
-            try:
-                inspect.signature(fn).bind(layer, **norm_kwargs)
-            except TypeError as error:
-                raise ParanormError(
-                    f"{where}: bad norm_kwargs {dict(norm_kwargs)!r} for norm={norm!r}: {error}. "
-                    f"Pass only the keywords of the {norm} function."
-                ) from None
-            except ValueError:  # a callable without an introspectable signature: let it check
-                pass
-            layer = apply_parametrization_norm(layer, norm, **norm_kwargs)
-            norm_module = get_norm_module(layer, causal, norm)
+        try:
+            layer, norm_module = self._build_layers(args, kwargs, causal, norm, norm_kwargs)
+        except ParanormError as error:
+            error.name_entry(type(self).__name__)
+            raise
         setattr(self, self._attr, layer)
         # A conv also takes unbatched (C, *spatial) input; its norm module needs the batch axis.
         # (-1: never, for Linear and for the Identity norm.) Plain ints keep TorchScript happy.
@@ -247,6 +229,28 @@ class _NormLayer(nn.Module):
             self._unbatched_ndim = len(kernel_size) + 1
         self.norm = norm_module
         self.norm_type = norm
+
+    def _build_layers(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], causal: bool, norm: str,
+        norm_kwargs: Mapping[str, Any] | None,
+    ) -> tuple[nn.Module, nn.Module]:
+        """The torch layer, normalized, and the norm module after it."""
+        norm = _check_norm_name(norm)
+        if norm_kwargs is None:
+            norm_kwargs = {}
+        if not isinstance(norm_kwargs, Mapping):
+            raise ParanormError(
+                f"norm_kwargs must be a dict or None, got {type(norm_kwargs).__name__}. "
+                "Pass e.g. norm_kwargs={'dim': None}."
+            )
+        layer = self._layer_cls(*args, **kwargs)
+        if norm in MODULE_NORMS:
+            # The norm module is built on the layer's device and dtype unless told otherwise.
+            options: dict[str, Any] = {k: kwargs[k] for k in ("device", "dtype") if k in kwargs}
+            options.update(norm_kwargs)
+            return layer, _norm_module(layer, causal, norm, **options)
+        check_norm_kwargs(norm, layer, norm_kwargs)
+        return PARAMETRIZATION_NORMS[norm](layer, **norm_kwargs), _norm_module(layer, causal, norm)
 
     def _normalize_output(self, y: torch.Tensor) -> torch.Tensor:
         if y.ndim == self._unbatched_ndim:

@@ -13,7 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ..errors import ParanormError
+from .._errors import ParanormError
+from .._extras import EXTRAS
 
 COMMANDS = ("demo", "inspect", "convert", "bench")
 
@@ -40,7 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ParanormError, OSError, RuntimeError) as error:
         if os.environ.get("PARANORM_DEBUG"):
             raise
-        print(f"paranorm {args.command}: error: {error}", file=sys.stderr)
+        message = error.detail if isinstance(error, ParanormError) else str(error)
+        print(f"paranorm {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except ImportError as error:
+        package = (error.name or "").split(".")[0]
+        if package not in EXTRAS or os.environ.get("PARANORM_DEBUG"):
+            raise
+        extra = EXTRAS[package]
+        print(
+            f"paranorm {args.command}: error: this command needs the {package} package, which "
+            f"paranorm's {extra!r} extra installs: pip install 'paranorm[{extra}]'",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("paranorm: interrupted", file=sys.stderr)

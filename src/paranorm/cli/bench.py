@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from ..bench import BENCH_THREADS, CASES, FULL, QUICK, markdown_table, run_suite, table_rows
+from .._bench import BENCH_THREADS, CASES, FULL, QUICK, markdown_table, run_suite, table_rows
 from ._args import positive_int
 
 

@@ -1,12 +1,8 @@
 """``paranorm convert IN OUT --to LAYOUT``: move a checkpoint's normalized tensors between layouts.
 
-Reads ``.pt``/``.pth``/``.bin``/``.ckpt`` (``torch.load(weights_only=True)``; a nested
-``{"model": sd}`` or ``{"state_dict": sd}`` checkpoint keeps its other entries) and
-``.safetensors`` (optional dependency). Writes OUT's format (from its suffix), atomically: a
-temporary file in OUT's folder, then ``os.replace``, so an interrupted or failed run never
-leaves a partial OUT. IN is never overwritten unless ``--in-place``. Inputs are memory-mapped
-where the format allows and outputs streamed, so a large checkpoint is not held twice; outputs of
-``PROGRESS_MIN_BYTES`` or more show a progress bar on stderr.
+Reads and writes through :mod:`paranorm.checkpoint.io` (weights only; a nested training
+checkpoint keeps its other entries; atomic writes). IN is never overwritten unless
+``--in-place``. Outputs of ``PROGRESS_MIN_BYTES`` or more show a progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -20,50 +16,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .._atomic import atomic_write
+from .._errors import CheckpointError
 from ..checkpoint import LAYOUTS, CheckpointWarning, Entry, convert, detect
-from ..errors import CheckpointError
+from ..checkpoint.io import checkpoint_format, read_checkpoint, write_checkpoint
 
-__all__ = ["add_parser", "read_checkpoint", "run", "write_checkpoint"]
+__all__ = ["add_parser", "run"]
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SAFETENSORS_SUFFIX = ".safetensors"
 #: Outputs at least this large get a progress bar (on stderr) while written.
 PROGRESS_MIN_BYTES = 64 * 2**20
-_CHUNK = 8 * 2**20
-#: The entries of a nested checkpoint that hold the state_dict, in the order tried.
-NESTED_KEYS = ("state_dict", "model")
-
-
-def _format(path: Path, role: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix in TORCH_SUFFIXES:
-        return "torch"
-    if suffix == SAFETENSORS_SUFFIX:
-        return "safetensors"
-    raise CheckpointError(
-        f"{role} {str(path)!r} has suffix {suffix or '(none)'!r}; paranorm convert reads and "
-        f"writes {', '.join(TORCH_SUFFIXES)} (torch.save) and {SAFETENSORS_SUFFIX}. Rename the file."
-    )
-
-
-def _safetensors() -> Any:
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise CheckpointError(
-            "reading or writing .safetensors needs the safetensors package: "
-            "pip install 'paranorm[safetensors]' (or pip install safetensors)."
-        ) from None
-    return safetensors.torch
 
 
 @contextmanager
-def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n_bytes)``; a rich bar on stderr when ``enabled`` and the file is large."""
-    if not enabled or total < PROGRESS_MIN_BYTES:
+def _progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n_bytes)``; a rich bar on stderr when the file is large."""
+    if total < PROGRESS_MIN_BYTES:
         yield lambda n: None
         return
     from rich.console import Console
@@ -75,124 +41,6 @@ def _progress(total: int, description: str, enabled: bool) -> Iterator[Callable[
     ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
-
-
-def _head(path: Path, size: int = 16) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(size)
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    head = _head(path)
-    if len(head) < 9:
-        return False
-    header = int.from_bytes(head[:8], "little")
-    return 0 < header < path.stat().st_size and head[8:9] == b"{"
-
-
-def _torch_load(path: Path) -> Any:
-    """torch.load(weights_only=True), memory-mapped when the file allows it (zip format)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as error:
-        if "mmap can only be used" not in str(error):
-            raise
-    return torch.load(path, map_location="cpu", weights_only=True)  # pre-1.6 format
-
-
-def read_checkpoint(path: Path) -> tuple[Any, str | None, dict[str, str] | None]:
-    """Load ``path``: (checkpoint object, the nested entry holding the state_dict or None,
-    safetensors metadata or None). Tensors are memory-mapped where the format allows, so a
-    large checkpoint is not read into memory twice."""
-    kind = _format(path, "IN")
-    if not path.is_file():
-        raise CheckpointError(f"IN {str(path)!r} does not exist or is not a file.")
-    if kind == "safetensors":
-        st = _safetensors()
-        try:
-            state = st.load_file(path)
-            head = _head(path, 8)
-            with open(path, "rb") as handle:
-                handle.seek(8)
-                header = json.loads(handle.read(int.from_bytes(head, "little")))
-        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-            raise CheckpointError(
-                f"cannot read {str(path)!r} as safetensors ({type(error).__name__}: {error}); the file "
-                "is truncated or not a safetensors file."
-            ) from None
-        return state, None, header.get("__metadata__")
-    if _looks_like_safetensors(path):
-        raise CheckpointError(
-            f"{str(path)!r} is a safetensors file but its suffix says torch.save; rename it to "
-            f"{path.with_suffix(SAFETENSORS_SUFFIX).name!r}."
-        )
-    try:
-        obj = _torch_load(path)
-    except Exception as error:  # noqa: BLE001 - RuntimeError, EOFError, UnpicklingError, ...
-        raise CheckpointError(
-            f"cannot read {str(path)!r} with torch.load(weights_only=True) "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); the "
-            "file is truncated, corrupt, or holds objects other than tensors and containers."
-        ) from None
-    if isinstance(obj, Mapping) and obj and all(isinstance(t, torch.Tensor) for t in obj.values()):
-        return obj, None, None
-    if isinstance(obj, Mapping):
-        for key in NESTED_KEYS:
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and all(isinstance(t, torch.Tensor) for t in inner.values()):
-                return obj, key, None
-    found = ", ".join(repr(k) for k in list(obj)[:8]) if isinstance(obj, Mapping) else type(obj).__name__
-    raise CheckpointError(
-        f"{str(path)!r} holds no state_dict: expected a dict of tensors or a dict with a "
-        f"'state_dict' or 'model' entry of tensors, found {found}."
-    )
-
-
-def _nbytes(obj: Any) -> int:
-    """Bytes of every tensor in ``obj`` (nested dicts and lists): the size torch.save will write."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, Mapping):
-        return sum(_nbytes(x) for x in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(x) for x in obj)
-    return 0
-
-
-class _CountingWriter:
-    """A write-only file that reports each write to a progress callback (torch.save streams)."""
-
-    def __init__(self, handle: Any, advance: Callable[[int], None]) -> None:
-        self.handle, self.advance = handle, advance
-
-    def write(self, data: Any) -> int:
-        written = self.handle.write(data)
-        self.advance(len(data))
-        return written
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-def write_checkpoint(
-    path: Path, obj: Any, *, metadata: dict[str, str] | None = None, show_progress: bool = False
-) -> None:
-    """Write ``obj`` to ``path`` atomically: a temporary file in the same folder, then os.replace."""
-    kind = _format(path, "OUT")
-    # Interrupted or failed: the temporary file goes; OUT is untouched.
-    with atomic_write(path) as handle:
-        if kind == "safetensors":
-            tensors = {k: t.contiguous() for k, t in obj.items()}
-            # Hugging Face loaders expect {"format": "pt"} in the header of a torch file.
-            data = _safetensors().save(tensors, metadata=metadata or {"format": "pt"})
-            with _progress(len(data), f"writing {path.name}", show_progress) as advance:
-                view = memoryview(data)
-                for start in range(0, len(data), _CHUNK):
-                    handle.write(view[start : start + _CHUNK])
-                    advance(min(_CHUNK, len(data) - start))
-        else:
-            with _progress(_nbytes(obj), f"writing {path.name}", show_progress) as advance:
-                torch.save(obj, _CountingWriter(handle, advance))  # type: ignore[arg-type]  # streamed
 
 
 def _parse_dim(text: str) -> tuple[str, int | None]:
@@ -280,10 +128,9 @@ def run(args: argparse.Namespace) -> int:
             f"OUT {str(target)!r} is IN; refusing to overwrite the input. Pass --in-place "
             "to overwrite it (atomically), or choose another OUT."
         )
-    out_format = _format(target, "OUT")
-    show_progress = not args.json
-    obj, nested, metadata = read_checkpoint(source)
-    state = obj[nested] if nested else obj
+    out_format = checkpoint_format(target, "OUT")
+    checkpoint = read_checkpoint(source)
+    obj, nested, metadata, state = checkpoint.obj, checkpoint.nested, checkpoint.metadata, checkpoint.state_dict
     normalize = {key: "weight_norm" for key in args.weight_norm}
     for key in args.spectral_norm:
         if key in normalize:
@@ -310,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         result = converted
     if not args.dry_run:
         write_checkpoint(target, converted if out_format == "safetensors" else result,
-                         metadata=metadata, show_progress=show_progress)
+                         metadata=metadata, progress=None if args.json else _progress)
     summary = {
         "input": str(source), "output": None if args.dry_run else str(target), "to": args.to,
         "dry_run": bool(args.dry_run), "nested": nested, "tensors": len(after), "changed": rows, "notes": notes,

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from ..demo import DEFAULT_PLOT, DEFAULT_SEED, DEFAULT_STEPS, plot, render, run_demo, to_dict
+from .._demo import DEFAULT_PLOT, DEFAULT_SEED, DEFAULT_STEPS, plot, render, run_demo, to_dict
 from ._args import non_negative_int, positive_int
 
 

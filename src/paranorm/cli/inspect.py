@@ -12,21 +12,15 @@ import importlib
 import importlib.util
 import json
 import os
-import pickle
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ParanormError
-from ..report import DEFAULT_METHODS, LipschitzReport, lipschitz_report, state_dict_report
-
-#: Suffixes read with torch.load(weights_only=True).
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-#: Keys under which training scripts nest the state_dict.
-NESTED_KEYS = ("state_dict", "model", "model_state_dict")
+from .._errors import ParanormError
+from .._lipschitz import DEFAULT_METHODS, LipschitzReport, lipschitz_report, state_dict_report
+from ..checkpoint.io import read_checkpoint
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -95,67 +89,33 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_state_dict(path: str) -> Mapping[str, Any]:
-    """Read a state_dict from a .pt/.pth/.bin/.ckpt (weights only) or .safetensors file.
-
-    A checkpoint that nests it as {"state_dict": ...}, {"model": ...} or {"model_state_dict": ...}
-    is accepted.
-    """
-    if not os.path.exists(path):
+def _import(source: str) -> Any:
+    """The module ``source`` names: a Python file (``path/to/file.py``) or an importable name."""
+    module: Any = None
+    if source.endswith(".py"):
+        if not os.path.isfile(source):
+            raise ParanormError(f"no such file: {source!r}.")
+        name = "_paranorm_inspect_" + os.path.splitext(os.path.basename(source))[0]
+        module_spec = importlib.util.spec_from_file_location(name, source)
+        if module_spec is None or module_spec.loader is None:
+            raise ParanormError(f"cannot load {source!r} as Python.")
+        module = importlib.util.module_from_spec(module_spec)
+    # The user's code may fail in any way; one line names what failed instead of a traceback.
+    cwd_added = os.getcwd() not in sys.path
+    if cwd_added:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would, so ./mypkg imports
+    try:
+        if module is None:
+            return importlib.import_module(source)
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return module
+    except Exception as error:
         raise ParanormError(
-            f"no such file: {path!r}. Pass a state_dict file or a model as module:factory."
-        )
-    if os.path.isdir(path):
-        raise ParanormError(f"{path!r} is a folder; pass the checkpoint file inside it.")
-    suffix = os.path.splitext(path)[1].lower()
-    obj: Any
-    if suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ParanormError(
-                f"reading {path!r} needs the safetensors package: pip install safetensors."
-            ) from None
-        try:
-            obj = load_file(path, device="cpu")
-        except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
-            raise ParanormError(
-                f"{path!r} is not a readable .safetensors file: {_first_line(error)}."
-            ) from None
-    elif suffix in TORCH_SUFFIXES:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            ValueError,
-            AttributeError,
-        ) as error:
-            raise ParanormError(
-                f"{path!r} could not be read with torch.load(weights_only=True): {_first_line(error)}. "
-                "Save a state_dict (torch.save(model.state_dict(), path)); pickled modules are refused."
-            ) from None
-    elif suffix == ".py":
-        raise ParanormError(
-            f"{path!r} is Python source; name the model or its factory in it: {path}:make_model."
-        )
-    else:
-        raise ParanormError(
-            f"{path!r}: unknown checkpoint suffix {suffix or '(none)'!r}; expected "
-            f"{', '.join(TORCH_SUFFIXES)} or .safetensors."
-        )
-    if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        for key in NESTED_KEYS:
-            if isinstance(obj.get(key), Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ParanormError(
-            f"{path!r} holds no state_dict: expected a mapping of names to tensors (or one nested "
-            f"under {', '.join(repr(k) for k in NESTED_KEYS)}), found {type(obj).__name__}."
-        )
-    return obj  # as loaded: an OrderedDict keeps the _metadata legacy spectral norm needs
+            f"importing {source!r} failed: {type(error).__name__}: {_first_line(error)}."
+        ) from None
+    finally:
+        if cwd_added:
+            sys.path.remove(os.getcwd())
 
 
 def load_model(spec: str) -> nn.Module:
@@ -165,40 +125,11 @@ def load_model(spec: str) -> nn.Module:
         raise ParanormError(
             f"{spec!r} is not a model spec: write package.module:factory or file.py:factory."
         )
-    if source.endswith(".py"):
-        if not os.path.isfile(source):
-            raise ParanormError(f"no such file: {source!r} (from {spec!r}).")
-        name = "_paranorm_inspect_" + os.path.splitext(os.path.basename(source))[0]
-        module_spec = importlib.util.spec_from_file_location(name, source)
-        if module_spec is None or module_spec.loader is None:
-            raise ParanormError(f"cannot load {source!r} as Python.")
-        module = importlib.util.module_from_spec(module_spec)
-        loader = module_spec.loader
-        what = source
-    else:
-        module = None
-        what = source
-    # The user's code may fail in any way; one line names what failed instead of a traceback.
-    cwd_added = os.getcwd() not in sys.path
-    if cwd_added:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would, so ./mypkg imports
-    try:
-        if module is None:
-            module = importlib.import_module(source)
-        else:
-            loader.exec_module(module)
-    except Exception as error:  # noqa: BLE001 - the user's module may raise anything
-        raise ParanormError(
-            f"importing {what!r} failed: {type(error).__name__}: {_first_line(error)}."
-        ) from None
-    finally:
-        if cwd_added:
-            sys.path.remove(os.getcwd())
-    obj: Any = module
+    obj: Any = _import(source)
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ParanormError(
-                f"{what!r} has no attribute {attr!r}; name the model or its factory after ':'."
+                f"{source!r} has no attribute {attr!r}; name the model or its factory after ':'."
             )
         obj = getattr(obj, part)
     if isinstance(obj, nn.Module):
@@ -209,14 +140,14 @@ def load_model(spec: str) -> nn.Module:
         )
     try:
         model = obj()
-    except Exception as error:  # noqa: BLE001 - the user's factory may raise anything
+    except Exception as error:
         raise ParanormError(
-            f"calling {attr}() from {what!r} failed: {type(error).__name__}: {_first_line(error)}. "
+            f"calling {attr}() from {source!r} failed: {type(error).__name__}: {_first_line(error)}. "
             "The factory must take no arguments."
         ) from None
     if not isinstance(model, nn.Module):
         raise ParanormError(
-            f"{attr}() from {what!r} returned a {type(model).__name__}, not an nn.Module."
+            f"{attr}() from {source!r} returned a {type(model).__name__}, not an nn.Module."
         )
     return model
 
@@ -242,7 +173,7 @@ def build_report(
             raise ParanormError(
                 "--weights loads a checkpoint into a model; pass the model as module:factory."
             )
-        state_dict = load_state_dict(args.target)
+        state_dict = read_checkpoint(args.target).state_dict
         if shapes:
             notes.append(
                 "--input-shape is not used for a state_dict: it stores no stride, padding, dilation "
@@ -259,7 +190,7 @@ def build_report(
         )
     model = load_model(args.target)
     if args.weights:
-        state_dict = load_state_dict(args.weights)
+        state_dict = read_checkpoint(args.weights).state_dict
         try:
             model.load_state_dict(state_dict)
         except RuntimeError as error:

@@ -1,0 +1,494 @@
+"""``paranorm demo``: the seed document's experiments, rerun honestly and deterministically.
+
+The seed (a blog post, see ANCHORS.md section 7) trained EnCodec-style ``nn.Linear(2, 3)``
+layers with a linear loss ``1 - output.mean()`` and printed the weights before and after.
+This module reruns it and adds what the seed could not show:
+
+(a) weight norm on the seed's first layer: g, v, the effective weight w = g v / ||v|| and the
+    bias, before and after training;
+(b) a *real* spectral norm on the seed's second layer (the seed imported ``weight_norm`` under
+    the name ``spectral_norm``, so it never ran one): sigma, the largest singular value of the
+    effective weight, before and after (1.0 under spectral norm), next to weight norm and none;
+(c) none vs weight_norm vs spectral_norm on the same data: loss and sigma at every step.
+
+Computation (:func:`run_demo`) returns dataclasses; :func:`render` prints rich tables,
+:func:`plot` writes a PNG (matplotlib, Agg, imported only there), :func:`to_dict` gives JSON.
+Every random draw comes from a ``torch.Generator`` seeded from ``seed`` (the global RNG is
+left as it was), so a seed gives the same numbers every time.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._apply import apply_parametrization_norm
+from ._errors import ParanormError
+from ._files import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+__all__ = [
+    "DEFAULT_PLOT",
+    "DEFAULT_SEED",
+    "DEFAULT_STEPS",
+    "NORMS",
+    "SEED_LAYERS",
+    "DemoResult",
+    "Run",
+    "SeedLayer",
+    "Snapshot",
+    "largest_singular_value",
+    "make_inputs",
+    "plot",
+    "render",
+    "run_demo",
+    "seed_mistake",
+    "to_dict",
+    "train",
+]
+
+DEFAULT_STEPS = 1000
+DEFAULT_SEED = 0
+DEFAULT_PLOT = "paranorm-demo.png"
+NORMS = ("none", "weight_norm", "spectral_norm")
+
+#: Offsets added to ``seed`` so each stream of random numbers has its own generator:
+#: inputs of the first layer, inputs of the second, spectral norm's initial u and v.
+_INPUTS_OFFSET = {"first": 0, "second": 1}
+_SPECTRAL_INIT_OFFSET = 2
+
+
+@dataclass(frozen=True)
+class SeedLayer:
+    """One of the seed's two ``nn.Linear(2, 3)`` experiments (ANCHORS.md section 7).
+
+    ``scaled`` inputs are ``randn(10, 2) * U(0, 1) * 10`` (one uniform scale per step, the
+    seed's ``random.random()``), unscaled ones ``randn(10, 2)``.
+    """
+
+    key: str
+    title: str
+    weight: tuple[tuple[float, float], ...]
+    bias: tuple[float, ...]
+    lr: float
+    scaled: bool
+
+    def build(self) -> nn.Linear:
+        """A fresh float32 ``nn.Linear(2, 3)`` holding the seed's weight and bias."""
+        # skip_init: no draw from the global RNG for an initialisation we overwrite anyway.
+        layer = nn.utils.skip_init(nn.Linear, 2, 3)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor(self.weight, dtype=torch.float32))
+            layer.bias.copy_(torch.tensor(self.bias, dtype=torch.float32))
+        return layer
+
+
+SEED_LAYERS: tuple[SeedLayer, ...] = (
+    SeedLayer(
+        key="first",
+        title="seed layer 1",
+        weight=((0.0, -2e-2), (0.3, 1.0), (1e-2, 0.0)),
+        bias=(-0.3, 0.0, -2e-2),
+        lr=2e-3,
+        scaled=True,
+    ),
+    SeedLayer(
+        key="second",
+        title="seed layer 2",
+        weight=((0.0, -2e2), (0.3, 1.0), (1e2, 0.0)),
+        bias=(-0.3, 0.0, -2e2),
+        lr=1e-4,
+        scaled=False,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A layer's tensors at one moment (read in eval mode, so reading changes nothing).
+
+    ``g`` and ``v`` are weight norm's magnitude and direction (``original0``, ``original1``),
+    ``original`` spectral norm's unnormalized weight; None where the norm has no such tensor.
+    ``sigma`` is the largest singular value of the effective ``weight``.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    sigma: float
+    g: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    original: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: a seed layer, a norm, and what happened at every step.
+
+    ``losses[t]`` is the loss of step t's forward; ``sigmas[t]`` the largest singular value of
+    the effective weight that forward used (before step t's update).
+    """
+
+    layer: SeedLayer
+    norm: str
+    steps: int
+    before: Snapshot
+    after: Snapshot
+    losses: torch.Tensor
+    sigmas: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Everything :func:`run_demo` computed; ``seconds`` is its wall-clock time."""
+
+    seed: int
+    steps: int
+    runs: tuple[Run, ...]
+    seconds: float
+
+    def run(self, layer: str, norm: str) -> Run:
+        """The run of seed layer ``layer`` ("first" or "second") under ``norm``."""
+        for r in self.runs:
+            if r.layer.key == layer and r.norm == norm:
+                return r
+        raise KeyError((layer, norm))
+
+
+def largest_singular_value(weight: torch.Tensor) -> float:
+    """Largest singular value of a matrix, ||W||_2, by ``torch.linalg.matrix_norm(ord=2)``."""
+    return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
+
+
+def make_inputs(layer: SeedLayer, steps: int, seed: int) -> torch.Tensor:
+    """The ``(steps, 10, 2)`` inputs of ``layer``'s experiment, from a generator seeded ``seed``.
+
+    Unscaled: ``randn(steps, 10, 2)``. Scaled: that times ``rand(steps, 1, 1) * 10``, one
+    uniform scale per step (the seed's ``torch.randn(10, 2) * random.random() * 10``).
+    """
+    generator = torch.Generator().manual_seed(seed + _INPUTS_OFFSET[layer.key])
+    x = torch.randn(steps, 10, 2, generator=generator)
+    if layer.scaled:
+        x = x * (torch.rand(steps, 1, 1, generator=generator) * 10)
+    return x
+
+
+def _snapshot(layer: nn.Linear) -> Snapshot:
+    was_training = layer.training
+    layer.eval()  # spectral norm updates u, v on every training-mode read; eval reads are pure
+    try:
+        with torch.no_grad():
+            weight = layer.weight.detach().clone()
+            bias = layer.bias.detach().clone()
+            g = v = original = None
+            if parametrize.is_parametrized(layer, "weight"):
+                p: Any = getattr(layer, "parametrizations").weight  # noqa: B009 (typed loosely)
+                if hasattr(p, "original0"):
+                    g, v = p.original0.detach().clone(), p.original1.detach().clone()
+                else:
+                    original = p.original.detach().clone()
+    finally:
+        layer.train(was_training)
+    return Snapshot(weight, bias, largest_singular_value(weight), g, v, original)
+
+
+def train(layer: SeedLayer, norm: str, inputs: torch.Tensor, seed: int) -> Run:
+    """Normalize a fresh copy of ``layer`` with ``norm``, train it on ``inputs``, record it.
+
+    One Adam(lr=layer.lr) step per ``inputs[t]`` on loss = 1 - output.mean(), as the seed did.
+    Spectral norm's random u, v are drawn under ``torch.manual_seed(seed + 2)`` inside
+    ``torch.random.fork_rng``, so the caller's global RNG state is untouched.
+    """
+    module = layer.build()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + _SPECTRAL_INIT_OFFSET)
+        apply_parametrization_norm(module, norm)
+    before = _snapshot(module)
+    # After the norm: weight norm replaces the weight by new Parameters (g, v).
+    optimizer = torch.optim.Adam(module.parameters(), lr=layer.lr)
+    steps = inputs.shape[0]
+    losses = torch.empty(steps, dtype=torch.float64)
+    weights = torch.empty(steps, *before.weight.shape, dtype=torch.float64)
+    module.train()
+    for t in range(steps):
+        # cached(): the forward uses exactly the weight we record, computed once.
+        with parametrize.cached():
+            weights[t] = module.weight.detach()
+            loss = 1 - module(inputs[t]).mean()
+        losses[t] = loss.detach()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    sigmas = torch.linalg.matrix_norm(weights, ord=2)  # every step's sigma in one batched call
+    return Run(layer, norm, steps, before, _snapshot(module), losses, sigmas)
+
+
+def run_demo(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> DemoResult:
+    """Run every seed layer under every norm in :data:`NORMS` for ``steps`` steps.
+
+    A layer's three runs see the same inputs, so they compare like with like.
+
+    Raises:
+        ParanormError: ``steps`` < 1 or ``seed`` not a non-negative int.
+
+    Example:
+        >>> result = run_demo(steps=5, seed=0)
+        >>> round(result.run("second", "spectral_norm").after.sigma, 4)
+        1.0
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ParanormError(f"demo: steps must be an int >= 1, got {steps!r}. Use e.g. steps=1000.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParanormError(f"demo: seed must be an int >= 0, got {seed!r}. Use e.g. seed=0.")
+    start = time.perf_counter()
+    runs: list[Run] = []
+    threads = torch.get_num_threads()
+    # 3x2 weights: a second intra-op thread only adds hand-offs (measured 2x slower on 2 cores).
+    torch.set_num_threads(1)
+    try:
+        for layer in SEED_LAYERS:
+            inputs = make_inputs(layer, steps, seed)
+            runs.extend(train(layer, norm, inputs, seed) for norm in NORMS)
+    finally:
+        torch.set_num_threads(threads)
+    return DemoResult(seed, steps, tuple(runs), time.perf_counter() - start)
+
+
+def seed_mistake(result: DemoResult) -> str:
+    """One line on the seed's 'spectral_norm' experiment, with this run's numbers."""
+    plain = result.run("second", "none")
+    wn = result.run("second", "weight_norm")
+    sn = result.run("second", "spectral_norm")
+    return (
+        "The seed's mistake: `import torch.nn.utils.weight_norm as spectral_norm` ran weight "
+        f"norm, so sigma stayed {wn.after.sigma:.6g} (no norm: {plain.after.sigma:.6g}); a real "
+        f"spectral norm gives {sn.after.sigma:.6f}."
+    )
+
+
+def _tensor_to_json(t: torch.Tensor | None) -> Any:
+    return None if t is None else t.tolist()
+
+
+def to_dict(result: DemoResult) -> dict[str, Any]:
+    """``result`` as plain JSON-ready Python data (lists of floats for tensors)."""
+    runs = []
+    for r in result.runs:
+        snaps = {}
+        for when, s in (("before", r.before), ("after", r.after)):
+            snaps[when] = {
+                "weight": s.weight.tolist(),
+                "bias": s.bias.tolist(),
+                "sigma": s.sigma,
+                "g": _tensor_to_json(s.g),
+                "v": _tensor_to_json(s.v),
+                "original": _tensor_to_json(s.original),
+            }
+        runs.append(
+            {
+                "layer": r.layer.key,
+                "norm": r.norm,
+                "lr": r.layer.lr,
+                "scaled_inputs": r.layer.scaled,
+                "steps": r.steps,
+                **snaps,
+                "losses": r.losses.tolist(),
+                "sigmas": r.sigmas.tolist(),
+            }
+        )
+    return {
+        "seed": result.seed,
+        "steps": result.steps,
+        "seconds": result.seconds,
+        "seed_mistake": seed_mistake(result),
+        "runs": runs,
+    }
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _fmt(x: float) -> str:
+    return f"{x:#.6g}"
+
+
+def _fmt_tensor(t: torch.Tensor | None) -> str:
+    """One matrix row per line, so a (3, 2) weight reads as it prints in torch."""
+    if t is None:
+        return "-"
+    rows = t.reshape(t.shape[0], -1).tolist() if t.ndim else [[t.item()]]
+    return "\n".join(" ".join(f"{x:>9.4g}" for x in row) for row in rows)
+
+
+def _window_mean(values: torch.Tensor, last: bool) -> float:
+    """Mean over the first or last 10% of steps (at least one): the training loss is noisy."""
+    n = max(1, math.ceil(values.numel() / 10))
+    return float(values[-n:].mean() if last else values[:n].mean())
+
+
+def render(result: DemoResult, console: Console | None = None) -> None:
+    """Print ``result`` as rich tables: (a) weight norm, (b) spectral norm, (c) comparison."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(
+        f"[bold]paranorm demo[/bold]: the seed's two Linear(2, 3) experiments, seed={result.seed}, "
+        f"{result.steps} Adam steps per run, loss = 1 - output.mean(); computed in "
+        f"{result.seconds:.2f} s",
+        soft_wrap=True,
+    )
+
+    wn = result.run("first", "weight_norm")
+    table = Table(
+        title=f"(a) weight norm on seed layer 1: w = g v / ||v|| per row, Adam(lr={wn.layer.lr:g})",
+        caption="inputs: randn(10, 2) * U(0, 1) * 10 per step",
+    )
+    table.add_column("tensor")
+    table.add_column("before", justify="right", no_wrap=True)
+    table.add_column(f"after {wn.steps} steps", justify="right", no_wrap=True)
+    rows = [
+        ("g = original0", wn.before.g, wn.after.g),
+        ("v = original1", wn.before.v, wn.after.v),
+        ("weight (effective)", wn.before.weight, wn.after.weight),
+        ("bias", wn.before.bias.unsqueeze(1), wn.after.bias.unsqueeze(1)),
+    ]
+    for name, before, after in rows:
+        table.add_row(name, _fmt_tensor(before), _fmt_tensor(after), end_section=True)
+    table.add_row("sigma(weight)", _fmt(wn.before.sigma), _fmt(wn.after.sigma))
+    console.print(table)
+
+    second = SEED_LAYERS[1]
+    table = Table(
+        title="(b) seed layer 2: sigma = largest singular value of the effective weight "
+        "(torch.linalg.matrix_norm, ord=2)",
+        caption=f"after {result.steps} steps of Adam(lr={second.lr:g}), inputs: randn(10, 2) "
+        "per step",
+    )
+    table.add_column("norm")
+    table.add_column("sigma before", justify="right")
+    table.add_column("sigma after", justify="right")
+    table.add_column("effective weight after", justify="right", no_wrap=True)
+    for norm in NORMS:
+        r = result.run(second.key, norm)
+        table.add_row(
+            norm,
+            _fmt(r.before.sigma),
+            _fmt(r.after.sigma),
+            _fmt_tensor(r.after.weight),
+            end_section=True,
+        )
+    console.print(table)
+    console.print(seed_mistake(result), soft_wrap=True)  # one line, however wide
+
+    table = Table(
+        title="(c) none vs weight_norm vs spectral_norm on the same data",
+        caption="loss: mean over the first / last 10% of steps; sigma of the effective weight",
+    )
+    table.add_column("layer")
+    table.add_column("norm")
+    table.add_column("loss first", justify="right")
+    table.add_column("loss last", justify="right")
+    table.add_column("sigma first", justify="right")
+    table.add_column("sigma last", justify="right")
+    for r in result.runs:
+        table.add_row(
+            r.layer.key,
+            r.norm,
+            _fmt(_window_mean(r.losses, last=False)),
+            _fmt(_window_mean(r.losses, last=True)),
+            _fmt(float(r.sigmas[0])),
+            _fmt(float(r.sigmas[-1])),
+            end_section=r.norm == NORMS[-1],
+        )
+    console.print(table)
+
+
+# --- plotting ---------------------------------------------------------------------------------
+
+
+def _moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
+    if window <= 1 or values.numel() < window:
+        return values
+    return values.unfold(0, window, 1).mean(dim=1)
+
+
+def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
+    """Write the loss and sigma curves of every run to the PNG ``path`` (atomically); return it.
+
+    One row per seed layer; left: training loss (thin) and its moving average, right: sigma of
+    the effective weight, log scale.
+
+    Raises:
+        ParanormError: ``path`` is a folder, or its folder does not exist.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    target = Path(path).expanduser()
+    folder = target.parent
+    if target.is_dir():
+        raise ParanormError(
+            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: it is a folder. "
+            f"Pass a file path, e.g. {str(target / DEFAULT_PLOT)!r}."
+        )
+    if not folder.is_dir():
+        raise ParanormError(
+            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: folder "
+            f"{str(folder)!r} does not exist. Create it first or pass another --plot path."
+        )
+    # none drawn wide underneath: where weight_norm (dashed) computes the same function, both show.
+    styles: dict[str, dict[str, Any]] = {
+        "none": {"color": "0.55", "linewidth": 3.0},
+        "weight_norm": {"color": "tab:blue", "linewidth": 1.3, "linestyle": "--"},
+        "spectral_norm": {"color": "tab:red", "linewidth": 1.3},
+    }
+    window = max(1, result.steps // 50)
+    figure = Figure(figsize=(11, 7.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(SEED_LAYERS), 2, squeeze=False)
+    for row, layer in enumerate(SEED_LAYERS):
+        loss_ax, sigma_ax = axes[row]
+        runs = [result.run(layer.key, norm) for norm in NORMS]
+        for r in runs:
+            style = styles[r.norm]
+            steps = torch.arange(1, r.steps + 1)
+            loss_ax.plot(steps, r.losses, color=style["color"], alpha=0.15, linewidth=0.5)
+            smooth = _moving_average(r.losses, window)
+            loss_ax.plot(steps[steps.numel() - smooth.numel() :], smooth, label=r.norm, **style)
+            sigma_ax.plot(
+                steps, r.sigmas, label=f"{r.norm}: last σ = {float(r.sigmas[-1]):.4g}", **style
+            )
+        scale = "randn(10,2)·U(0,1)·10" if layer.scaled else "randn(10,2)"
+        loss_ax.set_title(
+            f"{layer.title}: loss = 1 − mean(output), Adam(lr={layer.lr:g}), x = {scale}",
+            fontsize=9,
+        )
+        loss_ax.set_xlabel("step")
+        loss_ax.set_ylabel(
+            f"loss (lines: mean of {window} steps; faint: each step)" if window > 1 else "loss"
+        )
+        loss_ax.legend(fontsize=8)
+        sigma_ax.set_title(
+            f"{layer.title}: σ = largest singular value of the effective weight", fontsize=9
+        )
+        low = min(float(r.sigmas.min()) for r in runs)
+        high = max(float(r.sigmas.max()) for r in runs)
+        if low > 0 and high / low > 10:
+            sigma_ax.set_yscale("log")
+        sigma_ax.set_xlabel("step")
+        sigma_ax.set_ylabel("σ(W)")
+        sigma_ax.legend(fontsize=8)
+    figure.suptitle(f"paranorm demo: seed={result.seed}, {result.steps} steps")
+    with atomic_write(target) as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    return target

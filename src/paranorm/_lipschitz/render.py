@@ -1,0 +1,154 @@
+"""How a Lipschitz report looks: a rich table with a legend, plain text, and a bar chart."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from .._errors import ParanormError
+from .._extras import require
+from .._files import atomic_write
+from .columns import COLUMN_TITLES, TABLE_TITLES
+from .results import LipschitzReport
+
+__all__ = ["plain_text", "rich_lines", "save_plot", "table"]
+
+_KIND_STYLE = {"lower": "yellow", "exact": "cyan", "upper": "green"}
+_KIND_SIGN = {"lower": "≥", "exact": "=", "upper": "≤"}
+
+
+def table(report: LipschitzReport) -> Any:
+    """The per-layer rich Table."""
+    require("rich", "printing a Lipschitz report")
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"Lipschitz report: {report.source}", title_justify="left")
+    for title in ("layer", "type", "input", "normalization"):
+        table.add_column(title, overflow="fold")
+    for column in report.methods:
+        table.add_column(TABLE_TITLES[column], justify="right", no_wrap=True)
+    for layer in report.layers:
+        cells: list[Any] = [
+            layer.name,
+            layer.type,
+            "?" if layer.input_shape is None else "x".join(map(str, layer.input_shape)),
+            layer.normalization or "-",
+        ]
+        for column in report.methods:
+            estimate = layer.estimates.get(column)
+            if estimate is None or estimate.value is None:
+                cells.append(Text("n/a", style="dim"))
+                continue
+            cell = Text(
+                _KIND_SIGN.get(estimate.kind or "", "?"),
+                style=_KIND_STYLE.get(estimate.kind or "", ""),
+            )
+            cell += Text(f"{estimate.value:.4g}", style="bold")
+            if column == "bound":
+                cell += Text(f" {estimate.method}", style="dim")
+            cells.append(cell)
+        table.add_row(*cells)
+    return table
+
+def rich_lines(report: LipschitzReport) -> Iterator[Any]:
+    """What printing ``report`` on a rich console shows: the table, the legend, the bound, notes."""
+    from rich.text import Text
+
+    yield table(report)
+    yield Text(
+        "≥x: a lower estimate (sigma is at least x); =x: exact; ≤x: a certified upper bound. "
+        "reshape σ: the reshaped kernel's (Miyato 2018, what torch's spectral_norm divides "
+        "by), for a conv not the layer's Lipschitz constant; operator σ: the layer's map at "
+        "its input shape, by power iteration; bound: gram, or fft where exact.",
+        style="dim",
+    )
+    if report.network.holds:
+        yield Text.assemble(
+            ("network Lipschitz bound: ", "bold"),
+            (f"≤{report.network.value:.6g}", "bold green"),
+            f"  ({report.network.statement})",
+        )
+    else:
+        yield Text.assemble(("no network bound: ", "bold yellow"), report.network.statement)
+    missing: dict[tuple[str, str], list[str]] = {}
+    for layer in report.layers:
+        for column, e in layer.estimates.items():
+            if e.error:
+                missing.setdefault((column, e.error), []).append(layer.name)
+    lines = [*report.notes]
+    lines += [
+        f"{column} n/a for {', '.join(names)}: {error}"
+        for (column, error), names in missing.items()
+    ]
+    for line in lines:
+        yield Text(f"note: {line}", style="dim")
+
+def plain_text(report: LipschitzReport, width: int = 140) -> str:
+    """The report as plain text (what ``print(report)`` shows)."""
+    require("rich", "printing a Lipschitz report")
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(report)
+    return console.export_text()
+
+def save_plot(report: LipschitzReport, path: str | os.PathLike[str]) -> None:
+    """Draw per layer the reshape sigma, the operator sigma and the bound (grouped bars, log y).
+
+    Written atomically (temp file in the same folder, then os.replace); the format follows
+    the suffix (png, pdf, svg, ...). Zero or missing values are left out of the bars.
+    """
+    require("matplotlib", "plotting a Lipschitz report")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    if not os.path.isdir(folder):
+        raise ParanormError(
+            f"save_plot: folder {folder!r} does not exist; create it or pick another path."
+        )
+    figure = Figure(figsize=(max(6.0, 0.9 * len(report.layers) + 2.5), 4.5), layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    if suffix not in canvas.get_supported_filetypes():
+        raise ParanormError(
+            f"save_plot: cannot write {path!r}: matplotlib has no {suffix!r} format; use one of "
+            f"{', '.join(sorted(canvas.get_supported_filetypes()))}."
+        )
+    axes = figure.add_subplot()
+    n_columns = max(1, len(report.methods))
+    width = 0.8 / n_columns
+    for j, column in enumerate(report.methods):
+        xs, heights = [], []
+        for i, layer in enumerate(report.layers):
+            estimate = layer.estimates.get(column)
+            if estimate is not None and estimate.value is not None and estimate.value > 0:
+                xs.append(i + (j - (n_columns - 1) / 2) * width)
+                heights.append(estimate.value)
+        bars = axes.bar(xs, heights, width=width, label=COLUMN_TITLES[column])
+        axes.bar_label(bars, fmt="%.3g", fontsize=7)
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(ScalarFormatter())
+    axes.yaxis.set_minor_formatter(ScalarFormatter())
+    axes.tick_params(axis="y", which="minor", labelsize=7)
+    axes.set_xticks(
+        range(len(report.layers)),
+        [f"{layer.name}\n{layer.type}" for layer in report.layers],
+        rotation=30,
+        ha="right",
+        fontsize=8,
+    )
+    axes.set_ylabel("σ (log scale)")
+    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    title = report.source
+    if report.network.holds:
+        title += f"   network bound {report.network.value:.4g}"
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    with atomic_write(path) as file:
+        figure.savefig(file, format=suffix)

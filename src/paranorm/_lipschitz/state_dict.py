@@ -1,0 +1,148 @@
+"""``state_dict_report``: what the tensors of a checkpoint alone tell about sigma."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .._errors import CheckpointError, ParanormError, entry_point
+from ..checkpoint.convert import effective_weight
+from ..checkpoint.detect import candidate_dims, groups
+from .columns import DEFAULT_METHODS, check_methods, estimate
+from .model import cuda_devices
+from .results import Estimate, LayerReport, LipschitzReport, NetworkBound
+
+__all__ = ["state_dict_report"]
+
+
+@dataclass(frozen=True)
+class _Weight:
+    """A weight of a state_dict: its eval-mode value (None when it cannot be computed), how it
+    was stored, and the spectral norm's dim for the reshape sigma."""
+
+    name: str
+    value: torch.Tensor | None
+    layout: str | None  # e.g. "spectral_norm (legacy, dim=0)"; None when plain
+    dim: int | None = None
+    error: str | None = None
+
+
+def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_Weight], list[str]]:
+    """The eval-mode effective tensors of a state_dict in any layout (:mod:`paranorm.checkpoint`).
+
+    A normalized tensor whose value cannot be computed (an unknown parametrization, an
+    ambiguous dim) is reported as such instead of failing the rest; what was derived (a dim
+    read from u, v) becomes a note.
+    """
+    out: list[_Weight] = []
+    notes: list[str] = []
+    for group in groups(state_dict):
+        if group.layout == "plain":
+            out.append(_Weight(group.base, state_dict[group.base], None))
+            continue
+        dims = candidate_dims(group, state_dict)
+        dim = dims[0] if len(dims) == 1 else None
+        layout = f"{group.kind or 'unknown parametrization'} ({group.layout}{'' if dim is None else f', dim={dim}'})"
+        try:
+            effective = effective_weight(group, state_dict, {})
+        except CheckpointError as error:
+            out.append(_Weight(group.base, None, layout, None, f"effective weight unknown: {error.detail}"))
+            continue
+        notes.extend(effective.notes)
+        if effective.dim is not None and effective.dim.source == "u and v":
+            dim = effective.dim.dim
+            layout = f"{group.kind} ({group.layout}, dim={dim} from u, v)"
+        out.append(_Weight(group.base, effective.value, layout, dim if group.kind == "spectral_norm" else None))
+    return out, notes
+
+
+@entry_point("state_dict_report")
+def state_dict_report(
+    state_dict: Mapping[str, Any],
+    *,
+    source: str = "state_dict",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    seed: int = 0,
+    on_layer: Callable[[int, int, str], None] | None = None,
+) -> LipschitzReport:
+    """Report what the tensors of a checkpoint alone tell about sigma, and say what they cannot.
+
+    Every floating tensor with 2 to 5 axes is read as a weight (its effective value in eval mode
+    for weight/spectral norm layouts). A 2-D weight is read as a Linear: all its columns are
+    computed. A conv weight's operator sigma needs the stride, padding, dilation, groups and
+    input size, which a state_dict does not store, so "power"/"fft"/"svd" are not computed;
+    "gram" (and so "bound") is computed as the zero-padding kernel-domain bound of the weight as
+    a dense stride-1 conv: that bound holds for any input size, and a stride, dilation, groups,
+    zero or circular padding, or reading it as the ConvTranspose that holds it, can only lower
+    the true sigma below it. It does not cover reflect or replicate padding. No network bound:
+    a state_dict does not say how its layers connect.
+
+    Example:
+        >>> import torch, paranorm as pn
+        >>> sd = torch.nn.Linear(3, 5).state_dict()
+        >>> report = pn.state_dict_report(sd)
+        >>> [layer.name for layer in report.layers], report.network.holds
+        (['weight'], False)
+    """
+    methods = check_methods(methods)
+    if not isinstance(state_dict, Mapping):
+        raise ParanormError(
+            f"expected a mapping of names to tensors, got {type(state_dict).__name__}."
+        )
+    tensors = {
+        k: v for k, v in state_dict.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+    }
+    weights, notes = _effective_weights(tensors)
+
+    def is_weight(t: _Weight) -> bool:
+        return t.value is None or (t.value.is_floating_point() and 2 <= t.value.ndim <= 5)
+
+    skipped = [t.name for t in weights if not is_weight(t)]
+    weights = [t for t in weights if is_weight(t)]
+    if skipped:
+        notes.append(
+            f"{len(skipped)} tensors skipped (biases, scales, statistics: not 2-5 axis floating weights)"
+        )
+    other = len(state_dict) - len(tensors)
+    if other:
+        notes.append(f"{other} entries are not tensors and were ignored")
+    if any(t.value is not None and t.value.ndim > 2 for t in weights):
+        notes.append(
+            "conv weights: the operator sigma needs the stride, padding, dilation, groups and input "
+            "size, which a state_dict does not store; inspect the model (module:attr with "
+            "--input-shape) for those. Their bound holds for zero or circular padding at any stride, "
+            "dilation, groups and input size, not for reflect/replicate padding. A plain conv "
+            "weight's reshape sigma is taken with dim=0 (torch uses dim=1 for ConvTranspose)"
+        )
+    layers = []
+    with torch.random.fork_rng(devices=cuda_devices()), torch.no_grad():
+        torch.manual_seed(seed)
+        for i, t in enumerate(weights):
+            w = t.value
+            if w is None:
+                estimates = {c: Estimate(c, None, None, None, t.error) for c in methods}
+                layers.append(LayerReport(t.name, "?", (), None, t.layout, estimates, -1))
+                continue
+            is_matrix = w.ndim == 2
+            kind = "Linear" if is_matrix else f"Conv{w.ndim - 2}d/ConvT{w.ndim - 2}d"
+            estimates = {}
+            for column in methods:
+                method = "gram" if column == "bound" else column
+                if not is_matrix and method in ("power", "fft", "svd"):
+                    why = "needs the layer's stride, padding, dilation, groups and input size: not in a state_dict"
+                    estimates[column] = Estimate(method, None, None, None, why)
+                    continue
+                options = {"dim": t.dim} if method == "reshape" and t.dim is not None else {}
+                estimates[column] = estimate(w, method, **options)
+            layers.append(LayerReport(t.name, kind, tuple(w.shape), None, t.layout, estimates, -1))
+            if on_layer is not None:
+                on_layer(i + 1, len(weights), t.name)
+    network = NetworkBound(
+        None,
+        False,
+        "a state_dict does not say how its layers connect; inspect the model to get one",
+    )
+    return LipschitzReport(source, methods, tuple(layers), network, tuple(notes))

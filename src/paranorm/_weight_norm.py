@@ -1,0 +1,130 @@
+"""Weight normalization as a parametrization: w = g * v / ||v||.
+
+Salimans & Kingma, "Weight Normalization", 2016, https://arxiv.org/abs/1602.07868.
+A drop-in for :func:`torch.nn.utils.parametrizations.weight_norm`: same signature, defaults,
+numbers (torch's fused ``_weight_norm`` kernel) and state_dict keys
+(``parametrizations.<name>.original0`` = g, ``original1`` = v).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _torch_compat as compat
+from ._errors import ParanormError, entry_point
+from ._normalization import Normalization, ScaleForm
+from ._register import register
+from ._sigma.precision import float32_or_wider
+from ._validate import check_dim, check_eps, check_normalizable, label
+
+__all__ = ["WeightNorm", "weight_norm"]
+
+
+class WeightNorm(Normalization):
+    """w = g * v / max(||v||, eps), the norm taken over every axis but ``dim``.
+
+    ``dim=None`` takes the norm over the whole tensor (torch stores that as -1 internally; here
+    it stays None, so -1 is never mistaken for "last axis"). With ``eps=0`` (the default) the
+    forward is torch's fused kernel, bit for bit.
+    """
+
+    kind = "weight_norm"
+
+    def __init__(self, dim: int | None = 0, *, eps: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+
+    @property
+    def torch_dim(self) -> int:
+        """``dim`` as torch's kernels take it: -1 means the whole tensor."""
+        return -1 if self.dim is None else self.dim
+
+    def norm(self, v: torch.Tensor) -> torch.Tensor:
+        """||v|| over every axis but ``dim``, kept-dim shaped like g (float32 for half types)."""
+        return torch.norm_except_dim(v.to(float32_or_wider(v)), 2, self.torch_dim)
+
+    def forward(self, weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0:
+            return compat.weight_norm_kernel(weight_v, weight_g, self.torch_dim)
+        norm = self.norm(weight_v).clamp_min(self.eps)
+        return (weight_v * (weight_g.to(norm.dtype) / norm)).to(weight_v.dtype)
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight_g = torch.norm_except_dim(weight, 2, self.torch_dim)
+        return weight_g, weight
+
+    def scale_form(self, *originals: torch.Tensor) -> ScaleForm:
+        weight_g, weight_v = originals
+        return ScaleForm("weight_norm", weight_v, self.dim, self.eps, g=weight_g)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}" + (f", eps={self.eps}" if self.eps else "")
+
+
+@entry_point("weight_norm")
+def weight_norm(
+    module: nn.Module, name: str = "weight", dim: int | None = 0, *, eps: float = 0.0
+) -> nn.Module:
+    """Apply weight normalization to ``module.<name>``: w = g * v / ||v||.
+
+    The norm is taken over every axis except ``dim`` (per output channel for ``dim=0``), or over
+    the whole tensor for ``dim=None``. Wrapping preserves the function: g = ||w||, v = w.
+    Registered with :func:`torch.nn.utils.parametrize.register_parametrization`; the keys are
+    ``parametrizations.<name>.original0`` (g) and ``original1`` (v), and legacy
+    ``<name>_g``/``<name>_v`` state dicts load too.
+
+    Args:
+        module: the layer holding the tensor.
+        name: the tensor to normalize.
+        dim: the axis kept (one g per index along it), or None for one g for the whole tensor.
+            Negative axes count from the end, except -1, which torch reads as None: pass None
+            or ``ndim - 1`` instead.
+        eps: floor on ||v||. 0 (default) reproduces torch exactly, fused kernel included; a
+            slice of v that is all zeros then gives NaN, so paranorm refuses such a weight at
+            registration. With ``eps > 0`` a zero slice gives a zero weight and finite gradients.
+
+    Returns:
+        ``module``, parametrized.
+
+    Raises:
+        ParanormError: missing, lazy or non-floating tensor, bad dim or eps, a zero slice with
+            ``eps=0``; AlreadyNormalizedError: the tensor is normalized already. The module is
+            unchanged when anything is raised.
+
+    Example:
+        >>> import torch, paranorm as pn
+        >>> m = pn.weight_norm(torch.nn.Linear(20, 40))
+        >>> m.parametrizations.weight.original0.shape, m.parametrizations.weight.original1.shape
+        (torch.Size([40, 1]), torch.Size([40, 20]))
+        >>> g, v = m.parametrizations.weight.original0, m.parametrizations.weight.original1
+        >>> bool(torch.allclose(m.weight.norm(dim=1, keepdim=True), g))
+        True
+    """
+    weight = check_normalizable(module, name, "weight_norm")
+    eps = check_eps(module, name, eps)
+    if dim is not None:
+        if dim == -1 and not isinstance(dim, bool):
+            raise ParanormError(
+                f"dim=-1 is ambiguous for {label(module, name)}: torch reads it as "
+                f"dim=None (one norm for the whole tensor), Python as the last axis. Pass "
+                f"dim=None or dim={weight.ndim - 1}."
+            )
+        dim = check_dim(module, name, dim, weight.ndim)
+    parametrization = WeightNorm(dim, eps=eps)
+    if eps == 0 and weight.device.type != "meta":
+        with torch.no_grad():
+            zero = parametrization.norm(weight) == 0
+        if bool(zero.any()):
+            where = (
+                "the whole tensor"
+                if dim is None
+                else f"{int(zero.sum())} slice(s) along dim={dim}"
+            )
+            raise ParanormError(
+                f"{label(module, name)} has zero norm over {where}; w = g v/||v|| "
+                "would be NaN there. Initialize the weight to non-zero values, or pass eps=1e-12 "
+                "to map zero slices to zero."
+            )
+    return register(module, name, parametrization, unsafe=True)

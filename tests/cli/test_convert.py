@@ -1,0 +1,283 @@
+"""``paranorm convert``: formats, nesting, atomic writes and every error case leaving files as they were."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations as P
+
+import paranorm as pn
+from paranorm.checkpoint import io as checkpoint_io
+from paranorm.cli import convert as convert_cli
+from paranorm.cli import main
+
+
+def legacy_model() -> nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = nn.Sequential(nn.utils.weight_norm(nn.Conv1d(2, 3, 3)), nn.ReLU(), nn.utils.spectral_norm(nn.Conv1d(3, 4, 3)))
+    model.train()(torch.randn(2, 2, 9))
+    return model.eval()
+
+
+def paranorm_model() -> nn.Module:
+    return nn.Sequential(pn.weight_norm(nn.Conv1d(2, 3, 3)), nn.ReLU(), pn.spectral_norm(nn.Conv1d(3, 4, 3))).eval()
+
+
+def plain_model() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(2, 3, 3), nn.ReLU(), nn.Conv1d(3, 4, 3)).eval()
+
+
+X = torch.randn(2, 2, 9, generator=torch.Generator().manual_seed(1))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_nested_pt_to_parametrizations_keeps_other_entries_and_loads(tmp_path, capsys):
+    src = legacy_model()
+    path = tmp_path / "ck.pt"
+    torch.save({"model": src.state_dict(), "epoch": 7, "config": {"lr": 1e-3}}, path)
+    before = digest(path)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "parametrizations"]) == 0
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert out["epoch"] == 7 and out["config"] == {"lr": 1e-3}
+    model = paranorm_model()
+    model.load_state_dict(out["model"], strict=True)
+    torch.testing.assert_close(model(X), src(X), rtol=0, atol=0)
+    assert digest(path) == before
+    printed = capsys.readouterr().out
+    assert "2 of 4 tensors change layout" in printed and "wrote" in printed
+    assert listing(tmp_path) == ["ck.pt", "out.pt"]  # no temporary file left
+    assert oct((tmp_path / "out.pt").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_plain_json_and_state_dict_entry(tmp_path, capsys):
+    src = legacy_model()
+    path = tmp_path / "ck.pth"
+    torch.save({"state_dict": src.state_dict(), "step": 3}, path)
+    assert main(["convert", str(path), str(tmp_path / "plain.pth"), "--to", "plain", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["nested"] == "state_dict" and summary["to"] == "plain"
+    assert {(r["tensor"], r["kind"], r["from"], r["to"]) for r in summary["changed"]} == {
+        ("0.weight", "weight_norm", "legacy", "plain"), ("2.weight", "spectral_norm", "legacy", "plain")}
+    model = plain_model()
+    model.load_state_dict(torch.load(tmp_path / "plain.pth", weights_only=True)["state_dict"])
+    torch.testing.assert_close(model(X), src(X), rtol=1e-6, atol=1e-7)
+
+
+def test_safetensors_round_trip_and_cross_format(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file, save_file
+
+    src = paranorm_model()
+    path = tmp_path / "model.safetensors"
+    save_file({k: t.contiguous() for k, t in src.state_dict().items()}, path, metadata={"format": "pt"})
+    assert main(["convert", str(path), str(tmp_path / "legacy.safetensors"), "--to", "legacy"]) == 0
+    legacy = load_file(tmp_path / "legacy.safetensors")
+    assert {"0.weight_g", "0.weight_v", "2.weight_orig", "2.weight_u", "2.weight_v"} <= set(legacy)
+    assert main(["convert", str(tmp_path / "legacy.safetensors"), str(tmp_path / "back.pt"), "--to", "parametrizations"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "legacy.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # the input's header is kept
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    for key, tensor in src.state_dict().items():
+        assert torch.equal(back[key], tensor), key  # bit-exact through both formats
+    assert main(["convert", str(tmp_path / "back.pt"), str(tmp_path / "hf.safetensors"), "--to", "legacy"]) == 0
+    with safe_open(tmp_path / "hf.safetensors", "pt") as handle:
+        assert handle.metadata() == {"format": "pt"}  # what Hugging Face loaders expect
+
+
+def test_dry_run_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "ck.pt"
+    torch.save(legacy_model().state_dict(), path)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "plain", "--dry-run"]) == 0
+    assert listing(tmp_path) == ["ck.pt"]
+    assert "dry run: nothing written" in capsys.readouterr().out
+
+
+def test_in_place(tmp_path):
+    path = tmp_path / "ck.pt"
+    src = legacy_model()
+    torch.save(src.state_dict(), path)
+    assert main(["convert", str(path), "--to", "parametrizations", "--in-place"]) == 0
+    model = paranorm_model()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    torch.testing.assert_close(model(X), src(X), rtol=0, atol=0)
+    assert listing(tmp_path) == ["ck.pt"]
+
+
+def test_plain_to_normalized_with_dims_and_notes(tmp_path, capsys):
+    path = tmp_path / "plain.pt"
+    src = plain_model()
+    torch.save(src.state_dict(), path)
+    args = ["convert", str(path), str(tmp_path / "wn.pt"), "--to", "parametrizations",
+            "--weight-norm", "0.weight", "--weight-norm", "2.weight", "--dim", "2.weight=1", "--json"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert any("g = ||w|| derived" in note for note in summary["notes"])
+    model = nn.Sequential(pn.weight_norm(nn.Conv1d(2, 3, 3)), nn.ReLU(), pn.weight_norm(nn.Conv1d(3, 4, 3), dim=1)).eval()
+    model.load_state_dict(torch.load(tmp_path / "wn.pt", weights_only=True))
+    torch.testing.assert_close(model(X), src(X), rtol=1e-5, atol=1e-6)
+
+
+def write_truncated(path: Path) -> None:
+    torch.save(legacy_model().state_dict(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def write_half_pair(path: Path) -> None:
+    state = legacy_model().state_dict()
+    del state["0.weight_v"]
+    torch.save(state, path)
+
+
+def write_two_layouts(path: Path) -> None:
+    state = dict(legacy_model().state_dict())
+    state.update({k: t for k, t in paranorm_model().state_dict().items() if k.startswith("0.parametrizations")})
+    torch.save(state, path)
+
+
+def write_safetensors_as_pt(path: Path) -> None:
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(2)}, path)
+
+
+def write_not_a_state_dict(path: Path) -> None:
+    torch.save({"epoch": 3, "name": "x"}, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "writer", "match"),
+    [
+        ("ck.pt", write_truncated, "truncated"),
+        ("ck.txt", lambda p: p.write_text("hello"), "suffix '.txt'"),
+        ("ck.pt", write_half_pair, "no partner '0.weight_v'"),
+        ("ck.pt", write_two_layouts, "two layouts at once"),
+        ("ck.pt", write_safetensors_as_pt, "is a safetensors file"),
+        ("ck.pt", write_not_a_state_dict, "holds no state_dict"),
+        ("ck.safetensors", lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\""), "as safetensors"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_touches_nothing(tmp_path, capsys, name, writer, match):
+    path = tmp_path / name
+    writer(path)
+    before = digest(path)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "parametrizations"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("paranorm convert: error:") and match in error
+    assert digest(path) == before
+    assert listing(tmp_path) == [name]  # no output, no temporary file
+
+
+def test_refuses_to_overwrite_input_and_bad_output_suffix(tmp_path, capsys):
+    path = tmp_path / "ck.pt"
+    torch.save(legacy_model().state_dict(), path)
+    before = digest(path)
+    assert main(["convert", str(path), str(path), "--to", "plain"]) == 1
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "out.npz"), "--to", "plain"]) == 1
+    assert "suffix '.npz'" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "out.pt"), "--to", "plain"]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "other.pt"), "--to", "plain", "--in-place"]) == 1
+    assert "drop OUT or drop --in-place" in capsys.readouterr().err
+    assert main(["convert", str(path), "--to", "plain"]) == 1
+    assert "give OUT, or pass --in-place" in capsys.readouterr().err
+    assert digest(path) == before and listing(tmp_path) == ["ck.pt"]
+    with pytest.raises(SystemExit) as usage:
+        main(["convert", str(path), str(tmp_path / "o.pt"), "--to", "fused"])
+    assert usage.value.code == 2
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pt"
+    torch.save(legacy_model().state_dict(), path)
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"previous contents")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_cli.os, "replace", interrupted)
+    assert main(["convert", str(path), str(out), "--to", "plain"]) == 130
+    assert out.read_bytes() == b"previous contents"
+    assert listing(tmp_path) == ["ck.pt", "out.pt"]
+
+
+def test_progress_bar_for_large_files_streams_the_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_cli, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(checkpoint_io, "_CHUNK", 512)  # many chunks for the safetensors writer
+    seen: list[int] = []
+
+    @contextlib.contextmanager
+    def recording(total, description):
+        with original(total, description) as advance:
+            yield lambda n: (seen.append(n), advance(n))
+
+    original = convert_cli._progress
+    monkeypatch.setattr(convert_cli, "_progress", recording)
+    src = P.weight_norm(nn.Linear(64, 64))
+    path = tmp_path / "big.pt"
+    torch.save(src.state_dict(), path)
+    for out in ("out.pt", "out.safetensors"):
+        seen.clear()
+        assert main(["convert", str(path), str(tmp_path / out), "--to", "legacy"]) == 0
+        assert sum(seen) == (tmp_path / out).stat().st_size and len(seen) > 2  # every byte reported
+    out = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert torch.equal(out["weight_v"], src.parametrizations.weight.original1)
+
+
+def test_legacy_serialization_format_is_read(tmp_path):
+    src = legacy_model()
+    path = tmp_path / "old.pt"
+    torch.save(src.state_dict(), path, _use_new_zipfile_serialization=False)  # cannot be mmapped
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "parametrizations"]) == 0
+    model = paranorm_model()
+    model.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
+    torch.testing.assert_close(model(X), src(X), rtol=0, atol=0)
+
+def test_safetensors_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "ck.pt"
+    torch.save(legacy_model().state_dict(), path)
+    monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)  # as if not installed
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "plain"]) == 1
+    assert "pip install 'paranorm[safetensors]'" in capsys.readouterr().err
+    assert listing(tmp_path) == ["ck.pt"]
+
+
+def test_spectral_norm_of_square_conv_needs_dim_or_reads_it(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        fresh = nn.utils.spectral_norm(nn.Conv1d(4, 4, 3))  # no forward: u, v say nothing yet
+    path = tmp_path / "sn.pt"
+    torch.save(fresh.state_dict(), path)
+    assert main(["convert", str(path), str(tmp_path / "plain.pt"), "--to", "plain"]) == 1
+    assert "--dim weight=DIM" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "plain.pt"), "--to", "plain", "--dim", "weight=0"]) == 0
+    fresh.eval()(torch.randn(1, 4, 5))  # the legacy hook computes the eval weight in forward
+    torch.testing.assert_close(torch.load(tmp_path / "plain.pt", weights_only=True)["weight"], fresh.weight)

@@ -1,0 +1,220 @@
+"""``paranorm inspect`` on saved checkpoints and on models named module:factory."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import paranorm as pn
+from paranorm.cli import main
+
+MODEL_SOURCE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    import paranorm as pn
+
+    def make_model():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.ReLU(),
+            pn.spectral_norm(nn.Conv2d(4, 4, 3, stride=2, padding=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 3 * 3, 5),
+        )
+
+    not_a_model = 3
+    """
+)
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "cli_inspect_models.py"
+    path.write_text(MODEL_SOURCE)
+    return path
+
+
+def make_model() -> nn.Sequential:
+    namespace: dict = {}
+    exec(MODEL_SOURCE, namespace)
+    return namespace["make_model"]()
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_model_from_a_python_file_json_matches_the_library(capsys, model_file) -> None:
+    code, out, err = run(
+        capsys, "inspect", f"{model_file}:make_model", "--input-shape", "2,6,6", "--json"
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    expected = pn.lipschitz_report(make_model(), torch.randn(1, 2, 6, 6)).to_dict()
+    assert [layer["name"] for layer in data["layers"]] == ["0", "2", "5"]
+    assert [layer["input_shape"] for layer in data["layers"]] == [[2, 6, 6], [4, 6, 6], [36]]
+    for got, want in zip(data["layers"], expected["layers"], strict=True):
+        for column in ("reshape", "power", "bound"):
+            assert got["estimates"][column]["value"] == pytest.approx(
+                want["estimates"][column]["value"], rel=1e-6
+            )
+            assert got["estimates"][column]["kind"] == want["estimates"][column]["kind"]
+    assert data["network_bound"]["holds"] is True
+    assert data["network_bound"]["value"] == pytest.approx(
+        expected["network_bound"]["value"], rel=1e-6
+    )
+
+
+def test_importable_module_spec_table_and_plot(capsys, model_file, monkeypatch, tmp_path) -> None:
+    monkeypatch.syspath_prepend(str(model_file.parent))
+    plot = tmp_path / "sigmas.png"
+    code, out, err = run(
+        capsys,
+        "inspect",
+        "cli_inspect_models:make_model",
+        "--input-shape",
+        "2,6,6",
+        "--plot",
+        str(plot),
+    )
+    assert code == 0, err
+    assert "Lipschitz report" in out and "network Lipschitz bound" in out
+    assert "spectral_norm" in out and "operator σ" in out and "≤" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("nested", [None, "model", "state_dict"])
+def test_pt_checkpoint(capsys, tmp_path, nested) -> None:
+    model = make_model()
+    state_dict = model.state_dict()
+    path = tmp_path / "ckpt.pt"
+    torch.save(state_dict if nested is None else {nested: state_dict, "epoch": 3}, path)
+    code, out, err = run(capsys, "inspect", str(path), "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    rows = {layer["name"]: layer for layer in data["layers"]}
+    assert list(rows) == ["0.weight", "2.weight", "5.weight"]
+    assert rows["2.weight"]["normalization"] == "spectral_norm (parametrizations, dim=0 from u, v)"
+    linear = torch.linalg.matrix_norm(model[5].weight.detach().double(), ord=2).item()
+    assert rows["5.weight"]["estimates"]["power"]["value"] == pytest.approx(linear, rel=1e-4)
+    assert rows["5.weight"]["certified_bound"] >= linear * (1 - 1e-6)
+    # the spectrally normalized conv's effective weight, as torch computes it in eval mode
+    effective = model.eval()[2].weight.detach().double().flatten(1)
+    reshaped = torch.linalg.matrix_norm(effective, ord=2).item()
+    assert rows["2.weight"]["estimates"]["reshape"]["value"] == pytest.approx(reshaped, rel=1e-4)
+    assert rows["0.weight"]["estimates"]["power"]["value"] is None
+    assert data["network_bound"]["holds"] is False
+
+
+def test_safetensors_checkpoint_matches_pt(capsys, tmp_path) -> None:
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    state_dict = {k: v.contiguous() for k, v in make_model().state_dict().items()}
+    save_file(state_dict, str(tmp_path / "ckpt.safetensors"))
+    torch.save(state_dict, tmp_path / "ckpt.pth")
+    results = []
+    for name in ("ckpt.safetensors", "ckpt.pth"):
+        code, out, err = run(
+            capsys, "inspect", str(tmp_path / name), "--json", "--input-shape", "2,6,6"
+        )
+        assert code == 0, err
+        results.append(json.loads(out))
+    for a, b in zip(results[0]["layers"], results[1]["layers"], strict=True):
+        # the same tensors; float32 matvecs may differ in the last bit with another alignment
+        assert (a["name"], a["normalization"], a["weight_shape"]) == (
+            b["name"],
+            b["normalization"],
+            b["weight_shape"],
+        )
+        for column, estimate in a["estimates"].items():
+            other = b["estimates"][column]
+            assert (estimate["kind"], estimate["error"]) == (other["kind"], other["error"])
+            if other["value"] is None:
+                assert estimate["value"] is None
+            else:
+                assert estimate["value"] == pytest.approx(other["value"], rel=1e-6)
+    assert any("--input-shape is not used" in note for note in results[0]["notes"])
+
+
+def test_checkpoint_table_says_what_it_could_not_compute(capsys, tmp_path) -> None:
+    path = tmp_path / "ckpt.pt"
+    torch.save(make_model().state_dict(), path)
+    code, out, err = run(capsys, "inspect", str(path))
+    assert code == 0, err
+    assert "no network bound" in out and "n/a" in out
+    assert "stride, padding, dilation, groups" in " ".join(out.split())
+
+
+def test_weights_loads_a_checkpoint_into_the_model(capsys, tmp_path, model_file) -> None:
+    other = make_model()
+    with torch.no_grad():
+        other[5].weight.mul_(3.0)
+    torch.save(other.state_dict(), tmp_path / "scaled.pt")
+    code, out, err = run(
+        capsys, "inspect", f"{model_file}:make_model", "--input-shape", "2,6,6", "--json",
+        "--weights", str(tmp_path / "scaled.pt"),
+    )  # fmt: skip
+    assert code == 0, err
+    linear = torch.linalg.matrix_norm(other[5].weight.detach().double(), ord=2).item()
+    assert json.loads(out)["layers"][2]["estimates"]["power"]["value"] == pytest.approx(
+        linear, rel=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.pt"], "no such file: 'missing.pt'"),
+        (["{model}:make_model", "--input-shape", "2,x,6"], "is not a shape"),
+        (["{model}:make_model", "--input-shape", "0,6,6"], "is not a shape"),
+        (
+            ["{model}:make_model", "--input-shape", "3,6,6"],
+            "failed on example_input of shape (1, 3, 6, 6)",
+        ),
+        (["{model}:make_model"], "needs --input-shape"),
+        (["{model}:nope", "--input-shape", "2,6,6"], "has no attribute 'nope'"),
+        (["{model}:not_a_model", "--input-shape", "2,6,6"], "expected an nn.Module"),
+        (
+            ["no_such_package_xyz:make", "--input-shape", "2"],
+            "importing 'no_such_package_xyz' failed",
+        ),
+        (["{tmp}/ckpt.txt"], "has suffix '.txt'"),
+        (["{model}"], "is Python source, not a checkpoint"),
+        (["{tmp}/garbage.pt"], "with torch.load(weights_only=True)"),
+        (["{tmp}/garbage.safetensors"], "as safetensors"),
+        (["{tmp}/empty.pt"], "holds no state_dict"),
+        (["{model}:make_model", "--input-shape", "2,6,6", "--methods", "exact"], "methods must be"),
+        (
+            ["{model}:make_model", "--input-shape", "2,6,6", "--plot", "{tmp}/no/dir/p.png"],
+            "does not exist",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, model_file, argv, message) -> None:
+    (tmp_path / "ckpt.txt").write_text("x")
+    (tmp_path / "garbage.pt").write_bytes(b"not a zip file at all")
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01garbage")
+    torch.save({"epoch": 3}, tmp_path / "empty.pt")
+    argv = [a.format(model=model_file, tmp=tmp_path) for a in argv]
+    code, out, err = run(capsys, "inspect", *argv)
+    assert code == 1
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("paranorm inspect: error: ")
+    assert message.format(tmp=tmp_path) in lines[0]
+
+
+def test_usage_errors_exit_2(capsys) -> None:
+    for argv in (["inspect"], ["inspect", "x.pt", "--no-such-flag"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+    assert "usage: paranorm inspect" in capsys.readouterr().err
