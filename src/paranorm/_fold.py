@@ -23,7 +23,6 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNormLoadStateDictPreHook
 from torch.nn.utils.weight_norm import WeightNorm as TorchLegacyWeightNorm
 
-from . import _torch_compat as compat
 from ._errors import NotNormalizedError, ParanormError, entry_point
 from ._normalization import (
     Found,
@@ -33,6 +32,13 @@ from ._normalization import (
     legacy_hook,
     normalized_names,
     originals,
+)
+from ._torch_compat import (
+    closure_value,
+    drop_load_state_dict_pre_hooks,
+    give_private_class,
+    own_tensor,
+    pop_buffer,
 )
 from ._validate import label, tensor_names
 
@@ -66,7 +72,7 @@ def _check_module(module: object) -> None:
 def _check_tensor(module: nn.Module, name: str) -> None:
     """Raise unless ``module`` has a tensor ``name``, without computing a parametrized one."""
     has = isinstance(name, str) and (
-        compat.own_tensor(module, name) is not None
+        own_tensor(module, name) is not None
         or parametrize.is_parametrized(module, name)
         or legacy_hook(module, name) is not None
     )
@@ -153,11 +159,11 @@ def _drop_load_pre_hooks(module: nn.Module, name: str) -> None:
     def ours(hook: object) -> bool:
         torch_wn = (
             getattr(hook, "__name__", "") == "_weight_norm_compat_hook"
-            and compat.closure_value(hook, "name") == name
+            and closure_value(hook, "name") == name
         )
         return torch_wn or (isinstance(hook, SpectralNormLoadStateDictPreHook) and hook.fn.name == name)
 
-    compat.drop_load_state_dict_pre_hooks(module, ours)
+    drop_load_state_dict_pre_hooks(module, ours)
 
 
 def _restore_parameter(
@@ -166,9 +172,9 @@ def _restore_parameter(
     """Make ``module.<name>`` a Parameter again if its originals were, with their requires_grad."""
     if not as_parameter:
         return
-    value = compat.own_tensor(module, name)
+    value = own_tensor(module, name)
     if not isinstance(value, nn.Parameter):  # torch registered the baked tensor as a buffer
-        plain = compat.pop_buffer(module, name)
+        plain = pop_buffer(module, name)
         assert plain is not None  # torch registers a non-Parameter result as a buffer
         module.register_parameter(name, nn.Parameter(plain.detach(), requires_grad=requires_grad))
     elif value.requires_grad != requires_grad:
@@ -184,7 +190,7 @@ def _bake_parametrized(module: nn.Module, name: str) -> None:
     # Eval mode: spectral norm then uses its current u, v without a power step.
     modes = [(m, m.training) for m in chain.modules()]
     chain.eval()
-    compat.give_private_class(module)
+    give_private_class(module)
     try:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     except Exception:
@@ -203,11 +209,11 @@ def _bake_parametrized(module: nn.Module, name: str) -> None:
 def _remove_legacy(module: nn.Module, name: str) -> None:
     hook = legacy_hook(module, name)
     if isinstance(hook, TorchLegacyWeightNorm):
-        g, v = compat.own_tensor(module, f"{name}_g"), compat.own_tensor(module, f"{name}_v")
+        g, v = own_tensor(module, f"{name}_g"), own_tensor(module, f"{name}_v")
         requires_grad = bool(g.requires_grad or v.requires_grad)  # type: ignore[union-attr]
         torch.nn.utils.remove_weight_norm(module, name)
     else:
-        requires_grad = bool(compat.own_tensor(module, f"{name}_orig").requires_grad)  # type: ignore[union-attr]
+        requires_grad = bool(own_tensor(module, f"{name}_orig").requires_grad)  # type: ignore[union-attr]
         torch.nn.utils.remove_spectral_norm(module, name)  # no power step: do_power_iteration=False
         _drop_load_pre_hooks(module, name)
     _restore_parameter(module, name, True, requires_grad)

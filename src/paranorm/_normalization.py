@@ -21,8 +21,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.spectral_norm import SpectralNorm as TorchLegacySpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm as TorchLegacyWeightNorm
 
-from . import _torch_compat as compat
 from ._errors import ParanormError
+from ._torch_compat import TorchSpectralNorm, TorchWeightNorm, forward_pre_hooks
 
 __all__ = [
     "Found",
@@ -102,9 +102,9 @@ class Found:
 def _classify(p: nn.Module) -> tuple[Kind, Implementation] | None:
     if isinstance(p, Normalization):
         return p.kind, "paranorm"
-    if isinstance(p, compat.TorchWeightNorm):
+    if isinstance(p, TorchWeightNorm):
         return "weight_norm", "torch"
-    if isinstance(p, compat.TorchSpectralNorm):
+    if isinstance(p, TorchSpectralNorm):
         return "spectral_norm", "torch"
     return None
 
@@ -113,7 +113,7 @@ def legacy_hook(
     module: nn.Module, name: str
 ) -> TorchLegacyWeightNorm | TorchLegacySpectralNorm | None:
     """The legacy torch.nn.utils weight/spectral norm pre-hook on ``module.<name>``, if any."""
-    for hook in compat.forward_pre_hooks(module):
+    for hook in forward_pre_hooks(module):
         if isinstance(hook, (TorchLegacyWeightNorm, TorchLegacySpectralNorm)) and hook.name == name:
             return hook
     return None
@@ -144,7 +144,7 @@ def normalized_names(module: nn.Module, kind: Kind | None = None) -> list[str]:
             found = find_normalization(module, n)
             if found is not None and kind in (None, found.kind):
                 names.append(n)
-    for hook in compat.forward_pre_hooks(module):
+    for hook in forward_pre_hooks(module):
         legacy_kind = (
             "weight_norm" if isinstance(hook, TorchLegacyWeightNorm)
             else "spectral_norm" if isinstance(hook, TorchLegacySpectralNorm) else None

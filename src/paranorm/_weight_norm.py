@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _torch_compat as compat
 from ._errors import ParanormError, entry_point
 from ._normalization import Normalization, ScaleForm
 from ._register import register
 from ._sigma.precision import float32_or_wider
+from ._torch_compat import weight_norm_kernel
 from ._validate import check_dim, check_eps, check_normalizable, label
 
 __all__ = ["WeightNorm", "weight_norm"]
@@ -47,7 +47,7 @@ class WeightNorm(Normalization):
 
     def forward(self, weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
         if self.eps == 0:
-            return compat.weight_norm_kernel(weight_v, weight_g, self.torch_dim)
+            return weight_norm_kernel(weight_v, weight_g, self.torch_dim)
         norm = self.norm(weight_v).clamp_min(self.eps)
         return (weight_v * (weight_g.to(norm.dtype) / norm)).to(weight_v.dtype)
 

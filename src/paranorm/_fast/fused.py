@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 
-from .. import _torch_compat as compat
 from .._sigma.matrix import (
     rank_one_shape,
     reshape_sigma,
@@ -42,6 +41,7 @@ from .._sigma.matrix import (
     soft_scale_active,
     weight_to_matrix,
 )
+from .._torch_compat import reference_graph_needed
 from . import switch
 
 __all__ = ["FUSED_MIN_NUMEL", "fused_applies", "fused_divide"]
@@ -59,7 +59,7 @@ def fused_applies(weight: torch.Tensor, u: torch.Tensor) -> bool:
     """Whether :func:`fused_divide` applies: switched on, no autocast, a float32/64 matrix of at
     least :data:`FUSED_MIN_NUMEL` elements, outside torch.func transforms and tracing."""
     # (reference_graph_needed first: under a trace, numel() is a traced value)
-    if not switch.enabled() or compat.reference_graph_needed() or weight.numel() < FUSED_MIN_NUMEL:
+    if not switch.enabled() or reference_graph_needed() or weight.numel() < FUSED_MIN_NUMEL:
         return False
     try:
         autocast = torch.is_autocast_enabled(weight.device.type)

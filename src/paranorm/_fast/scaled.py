@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .. import _torch_compat as compat
 from .._normalization import Normalization, ScaleForm, originals
 from .._sigma.layer import CONV_TRANSPOSE, LINEAR, OPERATOR_LAYERS
 from .._sigma.matrix import (
@@ -50,6 +49,12 @@ from .._sigma.matrix import (
     soft_scale,
     soft_scale_active,
     weight_to_matrix,
+)
+from .._torch_compat import (
+    conv_transpose_output_padding,
+    parametrize_cache_active,
+    reference_graph_needed,
+    set_parametrized_forward,
 )
 from . import switch
 
@@ -271,7 +276,7 @@ def _conv_output(module: Any, x: torch.Tensor, weight: torch.Tensor, output_size
     transposed = isinstance(module, CONV_TRANSPOSE)
     output_padding: tuple[int, ...] = tuple(module.output_padding) if transposed else (0,) * spatial
     if transposed and output_size is not None:
-        output_padding = compat.conv_transpose_output_padding(module, x, output_size, spatial)
+        output_padding = conv_transpose_output_padding(module, x, output_size, spatial)
     numel = x.shape[0] * (weight.shape[1] * module.groups if transposed else weight.shape[0])
     for i in range(spatial):
         length, k = x.shape[2 + i], weight.shape[2 + i]
@@ -369,7 +374,7 @@ def _scaled_call(module: Any, x: torch.Tensor, output_size: Any) -> torch.Tensor
     if found is None:
         return None
     p, form = found
-    if compat.reference_graph_needed():  # (first: under a trace, numel() is a traced value)
+    if reference_graph_needed():  # (first: under a trace, numel() is a traced value)
         return None
     # Then the test that rejects small layers for good, cheaply: the rest costs microseconds.
     family = "linear" if isinstance(module, LINEAR) else "conv"
@@ -409,17 +414,17 @@ def install_scaled_forward(module: nn.Module) -> None:
 
     if issubclass(base, CONV_TRANSPOSE):
         def forward(self: nn.Module, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-            if switch.enabled() and not compat.parametrize_cache_active():
+            if switch.enabled() and not parametrize_cache_active():
                 out = _scaled_call(self, input, output_size)
                 if out is not None:
                     return out
             return base.forward(self, input, output_size)
     else:
         def forward(self: nn.Module, input: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
-            if switch.enabled() and not compat.parametrize_cache_active():
+            if switch.enabled() and not parametrize_cache_active():
                 out = _scaled_call(self, input, None)
                 if out is not None:
                     return out
             return base.forward(self, input)
 
-    compat.set_parametrized_forward(module, forward)
+    set_parametrized_forward(module, forward)

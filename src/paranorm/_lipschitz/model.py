@@ -18,10 +18,10 @@ from torch import nn
 from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils import parametrize
 
-from .. import _torch_compat as compat
 from .._errors import ParanormError, entry_point
 from .._normalization import find_normalization
 from .._sigma.layer import CONV, CONV_TRANSPOSE, OPERATOR_LAYERS
+from .._torch_compat import own_tensor
 from .chain import chain_bound
 from .columns import DEFAULT_METHODS, check_methods, estimate, layer_method
 from .results import Estimate, LayerReport, LipschitzReport
@@ -68,7 +68,7 @@ def _weighted_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if ".parametrizations" in f".{path}" or isinstance(module, parametrize.ParametrizationList):
             continue
         has_weight = (
-            compat.own_tensor(module, "weight") is not None
+            own_tensor(module, "weight") is not None
             or parametrize.is_parametrized(module, "weight")
             or find_normalization(module, "weight") is not None
         )

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .. import _torch_compat as compat
 from .._errors import CheckpointError, entry_point
 from .._normalization import Kind
 from .._sigma.matrix import weight_to_matrix
+from .._torch_compat import weight_norm_kernel
 from .detect import Group, candidate_dims, groups, wn_dims
 from .layouts import LAYOUTS, Layout, legacy_keys, parametrization_keys, solve_version0_v
 
@@ -163,7 +163,7 @@ def effective_weight(group: Group, state_dict: Mapping[str, Any], dims: Mapping[
         # candidate axis has size 1 in v and the norm covers all of v either way.
         dim = candidates[0]
         with torch.no_grad():
-            return Effective(compat.weight_norm_kernel(v, g, -1 if dim is None else dim))
+            return Effective(weight_norm_kernel(v, g, -1 if dim is None else dim))
     if group.kind != "spectral_norm":
         raise CheckpointError(
             f"{group.base!r} carries a parametrization that is neither weight nor spectral norm "
