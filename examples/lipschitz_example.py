@@ -1,6 +1,7 @@
 """Why the normalization matters: one small conv classifier trained four ways, then measured.
 
-    python examples/lipschitz_example.py                 # writes docs/lipschitz_example.png
+    python examples/lipschitz_example.py          # writes ./lipschitz_example.png
+    python examples/lipschitz_example.py --plot results/lipschitz.svg
 
 Data: synthetic 1-D signals (no download), a noisy sine of random amplitude and phase whose
 frequency says the class: 2-3 cycles (class 0) or 4-5 cycles (class 1) over 32 samples. The
@@ -151,10 +152,11 @@ def measure(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> dict[str,
     }
 
 
-def save_png_atomic(fig: Any, path: str) -> None:
+def save_atomic(fig: Any, path: str) -> None:
+    """Write the figure in the format ``path``'s suffix names: a temporary beside it, renamed."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png")
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lipschitz_example.", suffix=suffix)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
@@ -177,28 +179,31 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
         ax_loss.plot(range(len(smooth)), smooth, label=name)
     ax_loss.set(title="training loss (moving average of 20 steps)", xlabel="step",
                 ylabel="cross-entropy", yscale="log")
-    ax_loss.legend()
+    ax_loss.legend(loc="upper right", fontsize=8, framealpha=0.9)
     names = list(results)
     pos = torch.arange(len(names)).float()
     width = 0.27
     ax_lip.bar(pos - width, [results[n]["upper"] for n in names], width, label="certified upper bound")
     ax_lip.bar(pos, [results[n]["reshape_product"] for n in names], width, label="product of reshaped sigmas")
     ax_lip.bar(pos + width, [results[n]["lower"] for n in names], width, label="empirical lower bound")
-    ax_lip.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax_lip.axhline(1.0, color="gray", lw=0.8, ls="--", label="1: a 1-Lipschitz network")
     ax_lip.set(title="Lipschitz constant of the trained network", yscale="log",
                xticks=pos.tolist())
     ax_lip.set_xticklabels([n.replace(" (", "\n(") for n in names])
-    ax_lip.legend(fontsize=8)
+    ax_lip.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    save_png_atomic(fig, path)
+    save_atomic(fig, path)
     plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--png", default=os.path.join(os.path.dirname(__file__), "..", "docs", "lipschitz_example.png"))
+    parser.add_argument("--plot", default="lipschitz_example.png",
+                        help="where to write the figure; its suffix picks the format (default ./lipschitz_example.png)")
     args = parser.parse_args()
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+        parser.error(f"--plot {args.plot!r}: its folder does not exist")
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
     x_train, y_train = signals(4000, seed=1)
@@ -224,8 +229,8 @@ def main() -> None:
     print()
     for name, r in results.items():
         print(f"{name}: {r['how']}")
-    plot(results, args.png)
-    print(f"\nwrote {os.path.normpath(args.png)}")
+    plot(results, args.plot)
+    print(f"\nwrote {os.path.normpath(args.plot)}")
 
 
 if __name__ == "__main__":

@@ -153,3 +153,13 @@ def test_register_norm_refuses_a_name_that_is_not_a_string(registry, name):
     with pytest.raises(ParanormError, match="name must be a non-empty str"):
         pn.register_norm(name, pn.weight_norm)  # type: ignore[arg-type]
     assert name not in registry
+
+
+def test_keywords_the_norm_does_not_take_name_the_ones_it_does():
+    layer = nn.Linear(3, 4)
+    with pytest.raises(ParanormError) as info:
+        pn.apply_parametrization_norm(layer, "weight_norm", n_power_iterations=2)
+    message = str(info.value)
+    assert message.startswith("apply_parametrization_norm: bad norm_kwargs {'n_power_iterations': 2}")
+    assert "weight_norm takes name, dim, eps" in message
+    assert not hasattr(layer, "parametrizations")

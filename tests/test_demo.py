@@ -193,9 +193,9 @@ def test_deterministic_per_seed_and_seeds_differ() -> None:
 
 
 def test_bad_input_is_a_clear_error(result: demo.DemoResult, tmp_path, capsys) -> None:
-    with pytest.raises(pn.ParanormError, match="steps must be an int >= 1"):
+    with pytest.raises(pn.ParanormError, match="steps must be an int from 1 to 100000"):
         demo.run_demo(steps=0)
-    with pytest.raises(pn.ParanormError, match="seed must be an int >= 0"):
+    with pytest.raises(pn.ParanormError, match="seed must be an int from 0 to"):
         demo.run_demo(steps=1, seed=-1)
     missing = tmp_path / "no" / "such" / "plot.png"
     with pytest.raises(pn.ParanormError, match="does not exist"):
@@ -205,10 +205,39 @@ def test_bad_input_is_a_clear_error(result: demo.DemoResult, tmp_path, capsys) -
     assert main(["demo", "--steps", "2", "--plot", str(tmp_path)]) == 1
     assert "it is a folder" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-    for argv in (["--steps", "0"], ["--seed", "x"], ["--plot", "a.png", "--no-plot"]):
+    for argv in (["--steps", "0"], ["--seed", "x"], ["--plot", "a.png", "--no-plot"],
+                 ["--seed", "1180591620717411303424"], ["--steps", "1000000000"]):  # fmt: skip
         with pytest.raises(SystemExit) as exit_info:
             main(["demo", *argv])
         assert exit_info.value.code == 2
+    assert "expected an int >= 0 and <= 9223372036854775807" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "magic"), [("d.jpg", b"\xff\xd8\xff"), ("d.pdf", b"%PDF"), ("d.svg", b"<?xml")])
+def test_plot_is_written_in_the_format_its_suffix_names(result: demo.DemoResult, tmp_path, name, magic) -> None:
+    path = demo.plot(result, tmp_path / name)
+    assert path.read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("name", ["x.txt", "notes", "model.pt"])
+def test_a_plot_path_that_names_no_image_format_is_refused_before_training(tmp_path, capsys, name) -> None:
+    target = tmp_path / name
+    if name == "model.pt":
+        target.write_bytes(b"precious")
+    assert main(["demo", "--steps", "100000", "--plot", str(target)]) == 1  # fails before 100k steps
+    err = capsys.readouterr().err
+    assert "is not an image format" in err and ".png, .pdf, .svg, .jpg" in err
+    assert (target.read_bytes() == b"precious") if name == "model.pt" else not target.exists()
+
+
+def test_a_read_only_plot_is_not_replaced(result: demo.DemoResult, tmp_path) -> None:
+    target = tmp_path / "ro.png"
+    target.write_bytes(b"keep")
+    target.chmod(0o444)
+    with pytest.raises(pn.ParanormError, match=r"read-only.*chmod u\+w"):
+        demo.plot(result, target)
+    assert target.read_bytes() == b"keep"
 
 
 def _readme_block(after: str, fence: str) -> str:

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from ._apply import apply_parametrization_norm
 from ._errors import ParanormError
-from ._files import atomic_write
+from ._plotting import figure_format, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_PLOT",
     "DEFAULT_SEED",
     "DEFAULT_STEPS",
+    "MAX_SEED",
+    "MAX_STEPS",
     "NORMS",
     "SEED_LAYERS",
     "DemoResult",
@@ -59,6 +61,12 @@ __all__ = [
 
 DEFAULT_STEPS = 1000
 DEFAULT_SEED = 0
+#: The most steps a run takes: every step's loss and weight are kept for the plot (about 300
+#: bytes per step and run), and 100,000 steps already take minutes.
+MAX_STEPS = 100_000
+#: The largest seed: each random stream is seeded with ``seed`` plus a small offset, and
+#: torch's generators take seeds below 2**64.
+MAX_SEED = 2**63 - 1
 DEFAULT_PLOT = "paranorm-demo.png"
 NORMS = ("none", "weight_norm", "spectral_norm")
 
@@ -245,10 +253,12 @@ def run_demo(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> DemoResult
         >>> round(result.run("second", "spectral_norm").after.sigma, 4)
         1.0
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ParanormError(f"demo: steps must be an int >= 1, got {steps!r}. Use e.g. steps=1000.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParanormError(f"demo: seed must be an int >= 0, got {seed!r}. Use e.g. seed=0.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ParanormError(
+            f"demo: steps must be an int from 1 to {MAX_STEPS}, got {steps!r}. Use e.g. steps=1000."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ParanormError(f"demo: seed must be an int from 0 to {MAX_SEED}, got {seed!r}. Use e.g. seed=0.")
     start = time.perf_counter()
     runs: list[Run] = []
     threads = torch.get_num_threads()
@@ -423,29 +433,19 @@ def _moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
-    """Write the loss and sigma curves of every run to the PNG ``path`` (atomically); return it.
+    """Write the loss and sigma curves of every run to ``path`` (atomically), in the image format
+    its suffix names (png, pdf, svg, jpg, ...); return it.
 
     One row per seed layer; left: training loss (thin) and its moving average, right: sigma of
     the effective weight, log scale.
 
     Raises:
-        ParanormError: ``path`` is a folder, or its folder does not exist.
+        ParanormError: ``path`` names no image format, is a folder, a read-only or
+            non-regular file, or its folder does not exist.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figure_format(path, "demo plot")  # before the figure is drawn: a bad path fails fast
     from matplotlib.figure import Figure
 
-    target = Path(path).expanduser()
-    folder = target.parent
-    if target.is_dir():
-        raise ParanormError(
-            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: it is a folder. "
-            f"Pass a file path, e.g. {str(target / DEFAULT_PLOT)!r}."
-        )
-    if not folder.is_dir():
-        raise ParanormError(
-            f"paranorm.demo.plot: cannot write the plot to {str(target)!r}: folder "
-            f"{str(folder)!r} does not exist. Create it first or pass another --plot path."
-        )
     # none drawn wide underneath: where weight_norm (dashed) computes the same function, both show.
     styles: dict[str, dict[str, Any]] = {
         "none": {"color": "0.55", "linewidth": 3.0},
@@ -454,7 +454,6 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
     }
     window = max(1, result.steps // 50)
     figure = Figure(figsize=(11, 7.5), layout="constrained")
-    FigureCanvasAgg(figure)
     axes = figure.subplots(len(SEED_LAYERS), 2, squeeze=False)
     for row, layer in enumerate(SEED_LAYERS):
         loss_ax, sigma_ax = axes[row]
@@ -489,6 +488,4 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
         sigma_ax.set_ylabel("σ(W)")
         sigma_ax.legend(fontsize=8)
     figure.suptitle(f"paranorm demo: seed={result.seed}, {result.steps} steps")
-    with atomic_write(target) as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    return target
+    return save_figure(figure, path, "demo plot", dpi=100)

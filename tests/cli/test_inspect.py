@@ -80,6 +80,7 @@ def test_importable_module_spec_table_and_plot(capsys, model_file, monkeypatch, 
     code, out, err = run(
         capsys,
         "inspect",
+        "--model",
         "cli_inspect_models:make_model",
         "--input-shape",
         "2,6,6",
@@ -183,9 +184,16 @@ def test_weights_loads_a_checkpoint_into_the_model(capsys, tmp_path, model_file)
         (["{model}:nope", "--input-shape", "2,6,6"], "has no attribute 'nope'"),
         (["{model}:not_a_model", "--input-shape", "2,6,6"], "expected an nn.Module"),
         (
-            ["no_such_package_xyz:make", "--input-shape", "2"],
+            ["--model", "no_such_package_xyz:make", "--input-shape", "2"],
             "importing 'no_such_package_xyz' failed",
         ),
+        (
+            ["no_such_package_xyz:make", "--input-shape", "2"],
+            "no such file: 'no_such_package_xyz:make'. To inspect a model defined in Python code, "
+            "name it with --model no_such_package_xyz:make (this imports and runs that code).",
+        ),
+        (["{tmp}/ckpt.pt", "--model", "{model}:make_model"], "give a CHECKPOINT or --model, not both"),
+        (["{tmp}/ckpt.pt", "--weights", "{tmp}/ckpt.pt"], "--weights loads a checkpoint into a model"),
         (["{tmp}/ckpt.txt"], "has suffix '.txt'"),
         (["{model}"], "is Python source, not a checkpoint"),
         (["{tmp}/garbage.pt"], "with torch.load(weights_only=True)"),
@@ -200,6 +208,7 @@ def test_weights_loads_a_checkpoint_into_the_model(capsys, tmp_path, model_file)
 )
 def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, model_file, argv, message) -> None:
     (tmp_path / "ckpt.txt").write_text("x")
+    torch.save(make_model().state_dict(), tmp_path / "ckpt.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a zip file at all")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01garbage")
     torch.save({"epoch": 3}, tmp_path / "empty.pt")
@@ -213,8 +222,59 @@ def test_bad_input_is_one_line_and_exit_1(capsys, tmp_path, model_file, argv, me
 
 
 def test_usage_errors_exit_2(capsys) -> None:
-    for argv in (["inspect"], ["inspect", "x.pt", "--no-such-flag"]):
+    for argv in (["inspect"], ["inspect", "x.pt", "--no-such-flag"], ["inspect", "--json"]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
     assert "usage: paranorm inspect" in capsys.readouterr().err
+
+
+def test_a_file_name_is_never_taken_for_code(capsys, tmp_path, monkeypatch) -> None:
+    """`model:v3.pt` that does not exist must not import ./model.py from the current folder."""
+    marker = tmp_path / "ran"
+    (tmp_path / "model.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nv3 = None\n")
+    monkeypatch.chdir(tmp_path)
+    code, _out, err = run(capsys, "inspect", "model:v3.pt", "--input-shape", "3,8,8")
+    assert code == 1 and not marker.exists()
+    assert "no such file: 'model:v3.pt'" in err and "--model model:v3.pt" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.py"]
+
+
+def test_input_shape_before_the_model_is_one_value(capsys, model_file) -> None:
+    code, out, err = run(capsys, "inspect", "--input-shape", "2,6,6", "--model", f"{model_file}:make_model", "--json")
+    assert code == 0, err
+    assert next(layer["input_shape"] for layer in json.loads(out)["layers"]) == [2, 6, 6]
+    code, out, err = run(capsys, "inspect", "--input-shape", "2,6,6", f"{model_file}:make_model", "--json")
+    assert code == 0, err
+
+
+def test_weights_that_do_not_fit_say_which_keys(capsys, tmp_path, model_file) -> None:
+    state = make_model().state_dict()
+    state["extra.weight"] = torch.ones(2)
+    del state["0.bias"]
+    torch.save(state, tmp_path / "bad.pt")
+    code, _, err = run(
+        capsys, "inspect", "--model", f"{model_file}:make_model", "--input-shape", "2,6,6",
+        "--weights", str(tmp_path / "bad.pt"),
+    )  # fmt: skip
+    assert code == 1
+    assert "missing keys 0.bias" in err and "unexpected keys extra.weight" in err
+    assert "paranorm convert" in err
+    torch.save({k: v[:1] if k == "5.bias" else v for k, v in make_model().state_dict().items()}, tmp_path / "shape.pt")
+    code, _out, err = run(
+        capsys, "inspect", "--model", f"{model_file}:make_model", "--input-shape", "2,6,6",
+        "--weights", str(tmp_path / "shape.pt"),
+    )  # fmt: skip
+    assert code == 1 and "size mismatch for 5.bias" in err
+
+
+def test_json_mode_reports_every_failure_as_json(capsys, tmp_path) -> None:
+    code, out, _err = run(capsys, "inspect", str(tmp_path / "missing.pt"), "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert data["exit_code"] == 1 and data["error"]["kind"] == "error"
+    assert "no such file" in data["error"]["message"]
+    with pytest.raises(SystemExit):
+        main(["inspect", "--json", "--no-such-flag"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit_code"] == 2 and data["error"]["kind"] == "usage"

@@ -362,3 +362,15 @@ def test_small_weights_keep_torchs_graph_bit_for_bit(monkeypatch):
     with pn.fast_paths():
         big(torch.randn(2, 8))
     assert len(calls) == 1
+
+
+def test_normalize_once_with_two_backwards_says_what_to_do():
+    """DCGAN's errD_real.backward(); errD_fake.backward() inside one block."""
+    d = pn.spectral_norm(nn.Linear(4, 1))
+    with pytest.raises(pn.ParanormError, match=r"Sum the losses and call backward once") as info:
+        with pn.normalize_once():
+            d(torch.randn(3, 4)).mean().backward()
+            d(torch.randn(3, 4)).mean().backward()
+    assert isinstance(info.value, RuntimeError)  # code that caught torch's error still does
+    with pn.normalize_once():  # the fix the message gives works
+        (d(torch.randn(3, 4)).mean() + d(torch.randn(3, 4)).mean()).backward()

@@ -282,7 +282,7 @@ def test_save_plot_writes_a_png_atomically(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["sigmas.png"]  # no temp file left
     with pytest.raises(pn.ParanormError, match="does not exist"):
         report.save_plot(tmp_path / "missing" / "x.png")
-    with pytest.raises(pn.ParanormError, match="no 'xyz' format"):
+    with pytest.raises(pn.ParanormError, match=r"suffix '.xyz' is not an image format"):
         report.save_plot(tmp_path / "x.xyz")
 
 

@@ -19,7 +19,16 @@ from collections.abc import Iterator
 
 from torch.nn.utils import parametrize
 
-__all__ = ["normalize_once"]
+from .._errors import ParanormError
+
+__all__ = ["SecondBackwardError", "normalize_once"]
+
+
+class SecondBackwardError(ParanormError, RuntimeError):
+    """A second backward through the weights one ``normalize_once`` block computed once.
+
+    A RuntimeError too, as torch's own error was, so ``except RuntimeError`` still catches it.
+    """
 
 
 @contextlib.contextmanager
@@ -29,6 +38,12 @@ def normalize_once() -> Iterator[None]:
     Put every forward of one training step inside the block, and ``optimizer.step()`` after
     it: a parameter changed inside the block would not reach the cached weight. ``backward()``
     may run inside or after. Applies to every parametrized module (paranorm's and torch's).
+
+    Call backward once per block, on the sum of the losses: every forward in the block shares
+    one normalized weight, and the first backward frees its graph. DCGAN's
+    ``errD_real.backward(); errD_fake.backward()`` becomes ``(errD_real + errD_fake).backward()``
+    (or pass ``retain_graph=True`` to the first). A second backward inside the block raises
+    :class:`SecondBackwardError` saying so.
 
     A deep copy of a model normalized by paranorm (an EMA copy of a generator, say) gets its own
     cached weight; one normalized with torch's own parametrizations shares the original's inside
@@ -45,4 +60,14 @@ def normalize_once() -> Iterator[None]:
         torch.Size([1, 4])
     """
     with parametrize.cached():
-        yield
+        try:
+            yield
+        except RuntimeError as error:
+            if "backward through the graph a second time" not in str(error):
+                raise
+            raise SecondBackwardError(
+                "normalize_once: a second backward through the weights this block normalized "
+                "once; the first backward freed their graph. Sum the losses and call backward "
+                "once, e.g. (loss_real + loss_fake).backward(), or pass retain_graph=True to the "
+                "first backward."
+            ) from error

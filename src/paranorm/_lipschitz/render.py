@@ -7,9 +7,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from .._errors import ParanormError
 from .._extras import require
-from .._files import atomic_write
+from .._plotting import figure_format, save_figure
 from .columns import COLUMN_TITLES, TABLE_TITLES
 from .results import LipschitzReport
 
@@ -101,25 +100,11 @@ def save_plot(report: LipschitzReport, path: str | os.PathLike[str]) -> None:
     Written atomically (temp file in the same folder, then os.replace); the format follows
     the suffix (png, pdf, svg, ...). Zero or missing values are left out of the bars.
     """
-    require("matplotlib", "plotting a Lipschitz report")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figure_format(path, "Lipschitz plot")  # before drawing: a bad path fails fast
     from matplotlib.figure import Figure
     from matplotlib.ticker import ScalarFormatter
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    if not os.path.isdir(folder):
-        raise ParanormError(
-            f"save_plot: folder {folder!r} does not exist; create it or pick another path."
-        )
     figure = Figure(figsize=(max(6.0, 0.9 * len(report.layers) + 2.5), 4.5), layout="constrained")
-    canvas = FigureCanvasAgg(figure)
-    if suffix not in canvas.get_supported_filetypes():
-        raise ParanormError(
-            f"save_plot: cannot write {path!r}: matplotlib has no {suffix!r} format; use one of "
-            f"{', '.join(sorted(canvas.get_supported_filetypes()))}."
-        )
     axes = figure.add_subplot()
     n_columns = max(1, len(report.methods))
     width = 0.8 / n_columns
@@ -150,5 +135,4 @@ def save_plot(report: LipschitzReport, path: str | os.PathLike[str]) -> None:
         title += f"   network bound {report.network.value:.4g}"
     axes.set_title(title, fontsize=10)
     axes.legend(fontsize=8)
-    with atomic_write(path) as file:
-        figure.savefig(file, format=suffix)
+    save_figure(figure, path, "Lipschitz plot")

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from .._bench import BENCH_THREADS, CASES, FULL, QUICK, markdown_table, run_suite, table_rows
-from ._args import positive_int
+from ._args import int_at_least
 
 
 def _case_list(text: str) -> list[str]:
@@ -42,11 +42,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--cases", type=_case_list, metavar="ID[,ID...]",
                         help="run these case ids instead (see --list); with --quick, quickly")
     parser.add_argument("--list", action="store_true", help="list the case ids and exit")
-    parser.add_argument("--repeats", type=positive_int, default=None,
+    parser.add_argument("--repeats", type=int_at_least(1, 10_000), default=None,
                         help="timed samples per implementation (default 30, 7 with --quick)")
     parser.add_argument("--mode", choices=("train", "eval", "both"), default="both",
                         help="training step, eval forward or both (default both)")
-    parser.add_argument("--threads", type=positive_int, default=BENCH_THREADS,
+    parser.add_argument("--threads", type=int_at_least(1, 1024), default=BENCH_THREADS,
                         help=f"torch threads while timing (default {BENCH_THREADS}: fixed, so runs compare)")
     parser.add_argument("--device", default="cpu",
                         help="where the models run: cpu (default) or cuda[:N] (synchronized timing, "

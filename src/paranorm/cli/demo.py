@@ -10,8 +10,19 @@ import json
 import sys
 from typing import Any
 
-from .._demo import DEFAULT_PLOT, DEFAULT_SEED, DEFAULT_STEPS, plot, render, run_demo, to_dict
-from ._args import non_negative_int, positive_int
+from .._demo import (
+    DEFAULT_PLOT,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    MAX_SEED,
+    MAX_STEPS,
+    plot,
+    render,
+    run_demo,
+    to_dict,
+)
+from .._plotting import FORMATS, figure_format
+from ._args import int_at_least
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,13 +38,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--steps",
-        type=positive_int,
+        type=int_at_least(1, MAX_STEPS, " (every step is kept for the plot; longer runs take hours)"),
         default=DEFAULT_STEPS,
         help=f"Adam steps per run (default {DEFAULT_STEPS}, as in the seed)",
     )
     parser.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=int_at_least(0, MAX_SEED),
         default=DEFAULT_SEED,
         help=f"seed of every random draw (default {DEFAULT_SEED})",
     )
@@ -42,7 +53,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--plot",
         metavar="PATH",
         default=DEFAULT_PLOT,
-        help=f"where to write the PNG plot (default ./{DEFAULT_PLOT})",
+        help=(
+            f"where to write the plot (default ./{DEFAULT_PLOT}); its suffix picks the format "
+            f"({', '.join('.' + f for f in FORMATS)}); an existing plot there is replaced"
+        ),
     )
     where.add_argument("--no-plot", action="store_true", help="do not write the plot")
     parser.add_argument(
@@ -56,6 +70,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo as ``args`` says; return the exit code."""
+    if not args.no_plot:
+        figure_format(args.plot, "demo plot")  # a bad path fails now, not after the training
     result = run_demo(steps=args.steps, seed=args.seed)
     path = None if args.no_plot else plot(result, args.plot)
     if args.json:

@@ -1,8 +1,9 @@
 """``paranorm inspect``: per-layer spectral norms of a checkpoint or a model, and what they guarantee.
 
-A model (``package.module:factory`` or ``path/to/file.py:factory``) is run once on a random input
-of ``--input-shape`` to learn what each layer sees; see :func:`paranorm.lipschitz_report`. A
-state_dict file alone gives what its tensors can: :func:`paranorm.state_dict_report`.
+A checkpoint file gives what its tensors can (:func:`paranorm.state_dict_report`); reading it
+never runs code. A model, named with ``--model path/to/file.py:factory`` or ``--model
+package.module:factory``, is imported (its code runs) and run once on a random input of
+``--input-shape`` to learn what each layer sees (:func:`paranorm.lipschitz_report`).
 """
 
 from __future__ import annotations
@@ -38,23 +39,35 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "target",
-        metavar="CHECKPOINT_OR_MODEL",
+        metavar="CHECKPOINT",
+        nargs="?",
         help=(
-            "a state_dict file (.pt, .pth, .bin, .ckpt; .safetensors with safetensors installed), "
-            "or a model: 'package.module:factory' or 'path/to/file.py:factory', where factory is "
-            "an nn.Module or a function of no arguments returning one"
+            "a state_dict file (.pt, .pth, .bin, .ckpt; .safetensors with safetensors installed); "
+            "reading it runs no code. (A path/to/file.py:factory that exists is read as --model.)"
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        metavar="SPEC",
+        help=(
+            "inspect a model instead: 'path/to/file.py:factory' or 'package.module:factory', "
+            "where factory is an nn.Module or a function of no arguments returning one. This "
+            "IMPORTS AND RUNS that Python code: name only code you trust"
         ),
     )
     parser.add_argument(
         "--input-shape",
         metavar="C,H,W",
-        nargs="+",
-        help="one sample's shape without the batch, e.g. 3,32,32 (one per model input); needed with a model",
+        action="append",
+        help=(
+            "with --model: one sample's shape without the batch, e.g. 3,32,32; repeat it for a "
+            "model of several inputs"
+        ),
     )
     parser.add_argument(
         "--weights",
         metavar="CHECKPOINT",
-        help="with a model: load this state_dict file into it first (strict)",
+        help="with --model: load this state_dict file into the model first (strict)",
     )
     parser.add_argument(
         "--methods",
@@ -70,7 +83,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--plot", metavar="PATH", help="write a bar chart of the sigmas per layer (PNG, log scale)"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, parser=parser)
     return parser
 
 
@@ -157,8 +170,57 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _is_model_spec(target: str) -> bool:
-    return ":" in target and not os.path.exists(target)
+def _model_spec(args: argparse.Namespace) -> str | None:
+    """The model to import, or None for a checkpoint; a file path is never taken for code."""
+    target: str | None = args.target
+    if args.model is not None:
+        if target is not None:
+            raise ParanormError(
+                f"give a CHECKPOINT or --model, not both (got {target!r} and --model "
+                f"{args.model!r}); to load a checkpoint into the model, pass --weights {target}."
+            )
+        return str(args.model)
+    if target is None:
+        parser: argparse.ArgumentParser = args.parser
+        parser.error(
+            "nothing to inspect: give a CHECKPOINT file, or --model path/to/file.py:factory "
+            "--input-shape C,H,W"
+        )
+    source, colon, _ = target.rpartition(":")
+    if colon and source.endswith(".py") and os.path.isfile(source) and not os.path.lexists(target):
+        return target  # an existing Python file, named with its factory: explicit enough
+    if colon and not os.path.lexists(target):
+        raise ParanormError(
+            f"no such file: {target!r}. To inspect a model defined in Python code, name it with "
+            f"--model {target} (this imports and runs that code)."
+        )
+    return None
+
+
+def _load_weights(model: nn.Module, path: str) -> None:
+    """Load the checkpoint ``path`` into ``model`` (strict), saying which keys do not fit."""
+    state_dict = read_checkpoint(path).state_dict
+    name = type(model).__name__
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:
+        details = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise ParanormError(
+            f"loading {path!r} into {name} failed: {' '.join(details) or _first_line(error)}"
+        ) from None
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+
+        def listed(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+        parts = ([f"missing keys {listed(missing)}"] if missing else [])
+        parts += [f"unexpected keys {listed(unexpected)}"] if unexpected else []
+        raise ParanormError(
+            f"{path!r} does not fit {name}: {'; '.join(parts)}. Pass the checkpoint saved from "
+            "this model; if it nests the state_dict or stores another layout (weight_g/weight_v, "
+            "plain weights), convert it first with paranorm convert."
+        )
 
 
 def build_report(
@@ -168,16 +230,18 @@ def build_report(
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     shapes = [parse_shape(text) for text in args.input_shape or []]
     notes: list[str] = []
-    if not _is_model_spec(args.target):
+    spec = _model_spec(args)
+    if spec is None:
         if args.weights:
             raise ParanormError(
-                "--weights loads a checkpoint into a model; pass the model as module:factory."
+                "--weights loads a checkpoint into a model; name the model with --model "
+                "path/to/file.py:factory, or inspect the checkpoint alone."
             )
         state_dict = read_checkpoint(args.target).state_dict
         if shapes:
             notes.append(
                 "--input-shape is not used for a state_dict: it stores no stride, padding, dilation "
-                "or groups, so the operator at that shape is unknown; pass the model to use it"
+                "or groups, so the operator at that shape is unknown; pass --model to use it"
             )
         report = state_dict_report(
             state_dict, source=os.path.basename(args.target), methods=methods, on_layer=on_layer
@@ -186,17 +250,11 @@ def build_report(
     if not shapes:
         raise ParanormError(
             f"a model needs --input-shape to run (one sample's shape without the batch), e.g. "
-            f"paranorm inspect {args.target} --input-shape 3,32,32."
+            f"paranorm inspect --model {spec} --input-shape 3,32,32."
         )
-    model = load_model(args.target)
+    model = load_model(spec)
     if args.weights:
-        state_dict = read_checkpoint(args.weights).state_dict
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as error:
-            raise ParanormError(
-                f"loading {args.weights!r} into the model failed: {_first_line(error)}"
-            ) from None
+        _load_weights(model, args.weights)
     reference = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = torch.get_default_dtype() if reference is None else reference.dtype
     device = None if reference is None else reference.device
