@@ -224,7 +224,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(convert_cli.os, "replace", interrupted)
-    assert main(["convert", str(path), str(out), "--to", "plain"]) == 130
+    assert main(["convert", str(path), str(out), "--to", "plain", "--overwrite"]) == 130
     assert out.read_bytes() == b"previous contents"
     assert listing(tmp_path) == ["ck.pt", "out.pt"]
 
@@ -261,13 +261,16 @@ def test_legacy_serialization_format_is_read(tmp_path):
     model.load_state_dict(torch.load(tmp_path / "out.pt", weights_only=True))
     torch.testing.assert_close(model(X), src(X), rtol=0, atol=0)
 
-def test_safetensors_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+def test_safetensors_missing_is_a_clear_error_for_reading_only(tmp_path, monkeypatch, capsys):
     path = tmp_path / "ck.pt"
     torch.save(legacy_model().state_dict(), path)
     monkeypatch.setitem(__import__("sys").modules, "safetensors.torch", None)  # as if not installed
-    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "plain"]) == 1
+    # paranorm writes the format itself; reading it back needs the package.
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "plain"]) == 0
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "out.safetensors"), str(tmp_path / "back.pt"), "--to", "plain"]) == 1
     assert "pip install 'paranorm[safetensors]'" in capsys.readouterr().err
-    assert listing(tmp_path) == ["ck.pt"]
+    assert listing(tmp_path) == ["ck.pt", "out.safetensors"]
 
 
 def test_spectral_norm_of_square_conv_needs_dim_or_reads_it(tmp_path, capsys):
@@ -281,3 +284,122 @@ def test_spectral_norm_of_square_conv_needs_dim_or_reads_it(tmp_path, capsys):
     assert main(["convert", str(path), str(tmp_path / "plain.pt"), "--to", "plain", "--dim", "weight=0"]) == 0
     fresh.eval()(torch.randn(1, 4, 5))  # the legacy hook computes the eval weight in forward
     torch.testing.assert_close(torch.load(tmp_path / "plain.pt", weights_only=True)["weight"], fresh.weight)
+
+
+def test_an_existing_out_is_replaced_only_with_overwrite(tmp_path, capsys):
+    path, out = tmp_path / "ck.pt", tmp_path / "out.pt"
+    torch.save(legacy_model().state_dict(), path)
+    out.write_bytes(b"previous")
+    assert main(["convert", str(path), str(out), "--to", "plain"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"paranorm convert: error: OUT {str(out)!r} exists; refusing to replace it. Pass "
+                   "--overwrite to replace it, or choose another OUT.\n")
+    assert out.read_bytes() == b"previous"
+    assert main(["convert", str(path), str(out), "--to", "plain", "--overwrite"]) == 0
+    assert set(torch.load(out, weights_only=True)) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    assert listing(tmp_path) == ["ck.pt", "out.pt"]
+
+
+def test_a_read_only_out_or_in_is_never_replaced(tmp_path, capsys):
+    path, out = tmp_path / "ck.pt", tmp_path / "out.pt"
+    torch.save(legacy_model().state_dict(), path)
+    out.write_bytes(b"keep me")
+    for file in (path, out):
+        file.chmod(0o444)
+    before = (digest(path), out.read_bytes())
+    assert main(["convert", str(path), str(out), "--to", "plain", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert f"OUT {str(out)!r} is read-only; refusing to replace it" in err and f"chmod u+w {out}" in err
+    assert main(["convert", str(path), "--to", "plain", "--in-place"]) == 1
+    assert f"IN {str(path)!r} is read-only" in capsys.readouterr().err
+    assert (digest(path), out.read_bytes()) == before
+    assert [oct(f.stat().st_mode & 0o777) for f in (path, out)] == [oct(0o444)] * 2
+    assert listing(tmp_path) == ["ck.pt", "out.pt"]
+
+
+def test_help_names_overwrite_and_how_to_remove_leftovers(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["convert", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite replace OUT if it exists" in text
+    assert ".<name>.paranorm-<pid>-<host>.tmp" in text and "rm FOLDER/.*.paranorm-*.tmp" in text
+
+
+def test_in_place_through_a_symlink_converts_the_real_file_and_keeps_the_link(tmp_path):
+    real = tmp_path / "store" / "ck.pt"
+    real.parent.mkdir()
+    src = legacy_model()
+    torch.save(src.state_dict(), real)
+    link = tmp_path / "ck.pt"
+    link.symlink_to(real)
+    assert main(["convert", str(link), "--to", "parametrizations", "--in-place"]) == 0
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    model = paranorm_model()
+    model.load_state_dict(torch.load(real, weights_only=True))
+    torch.testing.assert_close(model(X), src(X), rtol=0, atol=0)
+    assert listing(real.parent) == ["ck.pt"] and listing(tmp_path) == ["ck.pt", "store"]
+
+
+def test_a_symlink_out_is_written_through_and_a_dangling_one_refused(tmp_path, capsys):
+    path = tmp_path / "ck.pt"
+    torch.save(legacy_model().state_dict(), path)
+    real = tmp_path / "real.pt"
+    real.write_bytes(b"old")
+    (tmp_path / "out.pt").symlink_to(real)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "plain", "--overwrite"]) == 0
+    assert (tmp_path / "out.pt").is_symlink() and "0.weight" in torch.load(real, weights_only=True)
+    capsys.readouterr()
+    (tmp_path / "dangling.pt").symlink_to(tmp_path / "gone" / "x.pt")
+    before = listing(tmp_path)
+    assert main(["convert", str(path), str(tmp_path / "dangling.pt"), "--to", "plain", "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert f"OUT {str(tmp_path / 'dangling.pt')!r} is a symlink to" in err and "which does not exist" in err
+    assert listing(tmp_path) == before and not (tmp_path / "gone").exists()
+    # A link to IN is IN: refused without --in-place, whatever the spelling.
+    (tmp_path / "alias.pt").symlink_to(path)
+    assert main(["convert", str(path), str(tmp_path / "alias.pt"), "--to", "plain", "--overwrite"]) == 1
+    assert "is IN; refusing to overwrite the input" in capsys.readouterr().err
+
+
+def test_failure_after_converting_prints_nothing_before_the_error(tmp_path, capsys):
+    path = tmp_path / "ck.pt"
+    torch.save({**legacy_model().state_dict(), "step": 3}, path)
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "plain", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert "'step' is a int, not a tensor; safetensors holds tensors only. Write a .pt file" in err
+    assert out == "" or set(json.loads(out)) == {"error", "exit_code"}  # the boundary's object only
+    assert listing(tmp_path) == ["ck.pt"]
+
+
+def test_conversion_errors_name_the_file_and_the_key(tmp_path, capsys):
+    path = tmp_path / "ck.pt"
+    state = legacy_model().state_dict()
+    state["0.weight_g"] = state["0.weight_g"].to(torch.int64)
+    torch.save(state, path)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "plain"]) == 1
+    assert capsys.readouterr().err == (
+        f"paranorm convert: error: IN {str(path)!r}: tensor '0.weight_g' (weight_norm of '0.weight') "
+        "has dtype torch.int64; weight and spectral norm keep floating-point tensors, so the file is "
+        "corrupt or these keys are not a normalization's.\n"
+    )
+    write_half_pair(path)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "plain"]) == 1
+    assert capsys.readouterr().err.startswith(f"paranorm convert: error: IN {str(path)!r}: '0.weight': ")
+    assert listing(tmp_path) == ["ck.pt"]
+
+
+def test_a_sparse_buffer_passes_through_to_pt_and_is_refused_by_safetensors(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adjacency = torch.eye(4).to_sparse()
+    path = tmp_path / "ck.pt"
+    torch.save({**legacy_model().state_dict(), "graph.adjacency": adjacency}, path)
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "parametrizations"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert torch.equal(torch.load(tmp_path / "out.pt", weights_only=True)["graph.adjacency"].to_dense(), torch.eye(4))
+    capsys.readouterr()
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "parametrizations"]) == 1
+    assert "'graph.adjacency' is a sparse_coo tensor; safetensors holds dense tensors only" in capsys.readouterr().err
+    assert listing(tmp_path) == ["ck.pt", "out.pt"]

@@ -1,8 +1,11 @@
 """``paranorm convert IN OUT --to LAYOUT``: move a checkpoint's normalized tensors between layouts.
 
 Reads and writes through :mod:`paranorm.checkpoint.io` (weights only; a nested training
-checkpoint keeps its other entries; atomic writes). IN is never overwritten unless
-``--in-place``. Outputs of ``PROGRESS_MIN_BYTES`` or more show a progress bar on stderr.
+checkpoint keeps its other entries; atomic writes). An existing OUT is replaced only with
+``--overwrite`` (never a read-only one), IN only with ``--in-place``; a symlink is written
+through, its target replaced and the link kept, as ``cp`` does. Every check on OUT runs before
+IN is read, and nothing is printed on stdout before the conversion succeeded. Outputs of
+``PROGRESS_MIN_BYTES`` or more show a progress bar on stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._errors import CheckpointError
+from .._files import TEMPORARY_PATTERN, check_target
 from ..checkpoint import LAYOUTS, CheckpointWarning, Entry, convert, detect
 from ..checkpoint.io import checkpoint_format, read_checkpoint, write_checkpoint
 
@@ -65,7 +71,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "legacy (torch.nn.utils.weight_norm/spectral_norm hooks: weight_g/weight_v, "
             "weight_orig/weight_u/weight_v), parametrizations (torch.nn.utils.parametrizations and "
             "paranorm) or plain (the effective weight, as torch computes it in eval mode). Other "
-            "keys are copied unchanged. Writes atomically; never overwrites IN without --in-place."
+            "keys are copied unchanged. Writes atomically (a temporary file beside OUT, then a "
+            "rename); never replaces an existing OUT without --overwrite, nor IN without "
+            "--in-place. A symlink OUT is written through: its target is replaced, the link kept."
+        ),
+        epilog=(
+            f"A run killed by SIGKILL or a power loss can leave a hidden temporary "
+            f"{TEMPORARY_PATTERN} beside OUT; the next write into that folder removes those of "
+            "ended runs, or remove it by hand: rm FOLDER/.*.paranorm-*.tmp"
         ),
     )
     parser.add_argument("input", metavar="IN", type=Path, help="checkpoint to read (.pt, .pth, .bin, .ckpt, .safetensors)")
@@ -73,6 +86,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--to", required=True, choices=LAYOUTS, help="the layout to write")
     parser.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     parser.add_argument("--in-place", action="store_true", help="overwrite IN (atomically); OUT may be omitted")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace OUT if it exists (atomically; never a read-only file: chmod u+w it first)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     parser.add_argument(
         "--dim", action="append", type=_parse_dim, default=[], metavar="KEY=DIM",
@@ -110,8 +127,8 @@ def _row(before: Entry | None, after: Entry | None) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    """Convert ``args.input`` into ``args.output``; return the exit code."""
+def _target(args: argparse.Namespace) -> Path:
+    """Where to write, after every check that needs no reading of IN (also for --dry-run)."""
     source: Path = args.input
     target: Path | None = args.output
     if target is None:
@@ -128,40 +145,113 @@ def run(args: argparse.Namespace) -> int:
             f"OUT {str(target)!r} is IN; refusing to overwrite the input. Pass --in-place "
             "to overwrite it (atomically), or choose another OUT."
         )
+    checkpoint_format(target, "OUT")
+    if not args.dry_run:
+        if args.in_place:
+            check_target(target, overwrite=True, what="IN", flag="--in-place", error=CheckpointError)
+        else:
+            check_target(target, overwrite=args.overwrite, what="OUT", flag="--overwrite", error=CheckpointError)
+    return target
+
+
+def _value_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a normalized tensor's part (g, v, W, u), or None."""
+    if not isinstance(value, torch.Tensor):
+        return f"is a {type(value).__name__}, not a tensor"
+    if value.layout != torch.strided or value.is_quantized:
+        kind = "quantized" if value.layout == torch.strided else str(value.layout).removeprefix("torch.")
+        return f"is a {kind} tensor; paranorm converts dense floating-point weights only. Save it dense and float first"
+    if not value.is_floating_point():
+        return (
+            f"has dtype {value.dtype}; weight and spectral norm keep floating-point tensors, so "
+            "the file is corrupt or these keys are not a normalization's"
+        )
+    return None
+
+
+def _check_computable(
+    state: Mapping[str, Any], entries: list[Entry], source: Path, normalize: Mapping[str, str]
+) -> None:
+    """Refuse, naming the key, a normalized tensor's part that paranorm cannot compute with.
+
+    Tensors outside the normalized groups are copied untouched, so a sparse or quantized
+    buffer beside the weights passes through.
+    """
+    named = [(key, f"{e.kind} of {e.name!r}") for e in entries if e.kind is not None for key in e.keys]
+    named += [(key, f"--{kind.replace('_', '-')} {key}") for key, kind in normalize.items() if key in state]
+    for key, role in named:
+        problem = _value_problem(state[key])
+        if problem is not None:
+            raise CheckpointError(f"IN {str(source)!r}: tensor {key!r} ({role}) {problem}.")
+
+
+@contextmanager
+def _about(source: Path) -> Iterator[None]:
+    """Name IN in the errors of reading and converting its state_dict, on one line."""
+    try:
+        yield
+    except CheckpointError as error:
+        raise CheckpointError(f"IN {str(source)!r}: {error.detail}") from None
+    except Exception as error:  # torch's kernels on values no check foresaw
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"converting IN {str(source)!r} failed: {type(error).__name__}: {first}. The "
+            "checkpoint holds values paranorm cannot convert; check the tensors it names."
+        ) from error
+
+
+def _converted(
+    args: argparse.Namespace, state: Mapping[str, Any], normalize: dict[str, str]
+) -> tuple[Any, list[str], list[dict[str, Any]], int]:
+    """The converted state_dict, notes on what was derived, the changed rows, the tensor count."""
+    source: Path = args.input
+    with _about(source):
+        entries = detect(state)
+    _check_computable(state, entries, source, normalize)
+    with _about(source), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        converted = convert(state, to=args.to, dims=dict(args.dim), normalize=normalize)  # type: ignore[arg-type]
+        after = {e.name: e for e in detect(converted)}
+    before = {e.name: e for e in entries}
+    notes = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
+    rows = [_row(before.get(n), after.get(n)) for n in after if before.get(n) is None or before[n].keys != after[n].keys]
+    return converted, notes, rows, len(after)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert ``args.input`` into ``args.output``; return the exit code."""
+    source: Path = args.input
+    target = _target(args)
     out_format = checkpoint_format(target, "OUT")
-    checkpoint = read_checkpoint(source)
-    obj, nested, metadata, state = checkpoint.obj, checkpoint.nested, checkpoint.metadata, checkpoint.state_dict
     normalize = {key: "weight_norm" for key in args.weight_norm}
     for key in args.spectral_norm:
         if key in normalize:
             raise CheckpointError(f"{key!r} is named by both --weight-norm and --spectral-norm; pick one.")
         normalize[key] = "spectral_norm"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CheckpointWarning)
-        converted = convert(state, to=args.to, dims=dict(args.dim), normalize=normalize)  # type: ignore[arg-type]
-    notes = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
-    before = {e.name: e for e in detect(state)}
-    after = {e.name: e for e in detect(converted)}
-    rows = [_row(before.get(n), after.get(n)) for n in after if before.get(n) is None or before[n].keys != after[n].keys]
+    # Sparse or quantized buffers pass through; the normalized tensors are checked before use.
+    checkpoint = read_checkpoint(source, dense=False)
+    obj, nested, metadata, state = checkpoint.obj, checkpoint.nested, checkpoint.metadata, checkpoint.state_dict
     if out_format == "safetensors" and nested:
         others = [k for k in obj if k != nested]
         if others:
             raise CheckpointError(
-                f"IN is a nested checkpoint (entries {', '.join(map(repr, others))} besides "
-                f"{nested!r}); safetensors holds tensors only. Write a .pt OUT to keep them."
+                f"IN {str(source)!r} is a nested checkpoint (entries {', '.join(map(repr, others[:8]))} "
+                f"besides {nested!r}); safetensors holds tensors only. Write a .pt OUT to keep them."
             )
+    converted, notes, rows, tensors = _converted(args, state, normalize)
     if nested:
         result = dict(obj)
         result[nested] = converted
     else:
         result = converted
     if not args.dry_run:
-        write_checkpoint(target, converted if out_format == "safetensors" else result,
-                         metadata=metadata, progress=None if args.json else _progress)
+        write_checkpoint(target, converted if out_format == "safetensors" else result, metadata=metadata,
+                         progress=None if args.json else _progress, overwrite=args.overwrite or args.in_place)
     summary = {
         "input": str(source), "output": None if args.dry_run else str(target), "to": args.to,
-        "dry_run": bool(args.dry_run), "nested": nested, "tensors": len(after), "changed": rows, "notes": notes,
+        "dry_run": bool(args.dry_run), "nested": nested, "tensors": tensors, "changed": rows, "notes": notes,
     }
+    # Only now, with the file written, does stdout get anything (--json readers parse it whole).
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
