@@ -21,6 +21,7 @@ from .geometry import Geometry, pad_copies
 from .layer import Layer, require_input_shape
 from .precision import float32_or_wider
 from .result import SigmaResult
+from .scale import scaled
 
 __all__ = [
     "circular_matrices",
@@ -171,15 +172,17 @@ def fft_sizes(geo: Geometry, shape: tuple[int, ...]) -> tuple[list[int], int, bo
 
 def fft_estimate(layer: Layer, shape: tuple[int, ...] | None, precise: bool = True) -> SigmaResult:
     """The "fft" method: exact for (strided) circular convolutions, a certified upper bound
-    otherwise (:func:`fft_sizes`); ``precise``: float64, rounded up."""
+    otherwise (:func:`fft_sizes`); ``precise``: float64, rounded up. Computed on W / c (c a
+    power of two, :func:`.scale.scaled`) and multiplied by c: no overflow, and no SVD of
+    values that make it fail to converge."""
     # precise: float64, and an upper bound rounded up (see certify.certified): float32 would put a
     # tight bound an ulp below the truth. The parametrizations, run every step, pass False
     # and compute in the weight's own precision (float32 at least).
     dtype = float32_or_wider(layer.weight)
-    weight = layer.weight.to(torch.float64 if precise else dtype)
+    weight, scale = scaled(layer.weight.to(torch.float64 if precise else dtype))
     if layer.geo.is_matrix:
         # A matrix is a 1 x 1 convolution on one point: its one frequency matrix is W.
-        value = torch.linalg.matrix_norm(weight, ord=2)
+        value = torch.linalg.matrix_norm(weight, ord=2) * scale
         return SigmaResult(value.to(dtype), "exact", "fft", None)
     shape = require_input_shape(layer, shape, "fft")
     grid, copies, exact = fft_sizes(layer.geo, shape)
@@ -187,7 +190,7 @@ def fft_estimate(layer: Layer, shape: tuple[int, ...] | None, precise: bool = Tr
         mats = circular_matrices(weight, layer.geo, grid)
     else:
         mats = frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
-    value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies)
+    value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies) * scale
     if exact or not precise:
         return SigmaResult(value.to(dtype), "exact" if exact else "upper", "fft", None)
     return SigmaResult(certified(value, dtype), "upper", "fft", None)

@@ -15,6 +15,7 @@ from torch.nn.parameter import UninitializedParameter
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from .._errors import ParanormError
+from .checks import check_weight
 from .geometry import Geometry, geometry
 
 __all__ = [
@@ -121,8 +122,7 @@ def layer_of(module_or_weight: nn.Module | torch.Tensor, **layer_args: Any) -> L
         raise ParanormError(
             f"expected an nn.Module or a weight tensor, got {type(module_or_weight).__name__}."
         )
-    if not weight.is_floating_point():
-        raise ParanormError(f"{where} has dtype {weight.dtype}; expected floating point.")
+    check_weight(weight, where, allow_meta=True)  # meta: a registration's shapes suffice
     if isinstance(dim, bool) or not isinstance(dim, int) or not -weight.ndim <= dim < weight.ndim:
         raise ParanormError(f"dim={dim!r} is not an axis of {where}.")
     return Layer(weight, geo, dim % weight.ndim, where)

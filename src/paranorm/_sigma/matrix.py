@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from .layer import Layer
 from .precision import float32_or_wider
 from .result import SigmaResult
+from .scale import scaled
 
 __all__ = [
     "power_iteration_",
@@ -98,12 +99,17 @@ def rank_one_shape(
 
 
 def reshape_estimate(layer: Layer, iterations: int) -> SigmaResult:
-    """The "reshape" method: power iteration on the reshaped matrix from seeded random u, v."""
+    """The "reshape" method: power iteration on the reshaped matrix from seeded random u, v.
+
+    Run on W / c (c a power of two, :func:`.scale.scaled`) and multiplied by c, so that no
+    square overflows or underflows whatever the weight's magnitude.
+    """
     matrix = weight_to_matrix(layer.weight, layer.dim).to(float32_or_wider(layer.weight))
+    matrix, scale = scaled(matrix)
     generator = torch.Generator(device=matrix.device).manual_seed(0)
     u, v = (
         F.normalize(torch.randn(n, generator=generator, device=matrix.device, dtype=matrix.dtype), dim=0)
         for n in matrix.shape
     )
     power_iteration_(matrix.detach(), u, v, iterations)
-    return SigmaResult(reshape_sigma(matrix, u, v), "lower", "reshape", iterations)
+    return SigmaResult(reshape_sigma(matrix, u, v) * scale, "lower", "reshape", iterations)

@@ -35,6 +35,7 @@ Biases never enter sigma: the Lipschitz constant of x -> Ax + b is ||A||.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,14 +44,16 @@ import torch
 from torch import nn
 
 from .._errors import ParanormError, entry_point
+from .checks import check_finite, check_not_empty, check_weight
+from .cost import Cost, check_cost, fft_cost, gram_cost, power_cost, reshape_cost, svd_cost
 from .dense import svd_estimate
 from .fourier import fft_estimate
 from .geometry import check_input_shape
-from .gram import check_iterations, gram_estimate
+from .gram import check_iterations, gram_estimate, gram_iterations
 from .layer import Layer, layer_of
 from .matrix import reshape_estimate
-from .power import POWER_ITERATIONS, power_estimate
-from .precision import autocast_off
+from .power import POWER_BLOCK, POWER_ITERATIONS, power_estimate
+from .precision import autocast_off, float32_or_wider
 from .result import SigmaResult
 
 __all__ = ["METHODS", "RESHAPE_ITERATIONS", "Method", "sigma"]
@@ -59,6 +62,7 @@ __all__ = ["METHODS", "RESHAPE_ITERATIONS", "Method", "sigma"]
 RESHAPE_ITERATIONS = 100
 
 Estimator = Callable[[Layer, tuple[int, ...] | None, int | None], SigmaResult]
+Coster = Callable[[Layer, tuple[int, ...] | None, int | None], Cost]
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Method:
         trainable: usable by ``paranorm.spectral_norm(method=...)``, which needs a
             differentiable estimate cheap enough to run on every forward.
         estimate: ``(layer, input_shape, iterations) -> SigmaResult``.
+        cost: ``(layer, input_shape, iterations) -> Cost``, its memory and work, estimated
+            before it starts (:mod:`.cost`).
     """
 
     name: str
@@ -82,6 +88,23 @@ class Method:
     iterations: str | None
     trainable: bool
     estimate: Estimator
+    cost: Coster
+
+
+def _itemsize(layer: Layer) -> int:
+    return torch.empty((), dtype=float32_or_wider(layer.weight)).element_size()
+
+
+def _power_shape(layer: Layer, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    return (layer.weight.shape[1],) if layer.geo.is_matrix else shape
+
+
+def _power_cost(layer: Layer, shape: tuple[int, ...] | None, n: int | None) -> Cost:
+    shape = _power_shape(layer, shape)
+    if shape is None:  # the estimate itself says that it needs one
+        return Cost(0.0, 0.0, "nothing")
+    block = min(POWER_BLOCK, math.prod(shape))
+    return power_cost(layer, shape, check_iterations(n, POWER_ITERATIONS), block, _itemsize(layer))
 
 
 METHODS: dict[str, Method] = {
@@ -91,27 +114,60 @@ METHODS: dict[str, Method] = {
             "reshape", "lower", "power iteration on the weight viewed as a matrix (torch's "
             "spectral_norm; not the layer's operator for a convolution)", "power steps", True,
             lambda layer, shape, n: reshape_estimate(layer, check_iterations(n, RESHAPE_ITERATIONS)),
+            lambda layer, shape, n: reshape_cost(layer, check_iterations(n, RESHAPE_ITERATIONS), _itemsize(layer)),
         ),
         Method(
             "power", "lower", "power iteration on the layer's operator at the input shape",
             "power steps", True,
             lambda layer, shape, n: power_estimate(layer, shape, check_iterations(n, POWER_ITERATIONS)),
+            _power_cost,
         ),
         Method(
             "fft", "exact or upper", "the largest singular value over the kernel's DFT "
             "matrices at the input size (exact for circular convolutions)", None, True,
             lambda layer, shape, n: fft_estimate(layer, shape),
+            lambda layer, shape, n: fft_cost(layer, shape),
         ),
         Method(
             "gram", "upper", "Gram iteration, a certified bound (for any input size unless the "
             "convolution is circular)", "Gram steps", True, gram_estimate,
+            lambda layer, shape, n: gram_cost(layer, shape, gram_iterations(layer, shape, n)),
         ),
         Method(
             "svd", "exact", "the dense operator matrix's exact SVD in float64 (small layers)",
             None, False, lambda layer, shape, n: svd_estimate(layer, shape),
+            lambda layer, shape, n: svd_cost(layer, shape),
         ),
     )
 }
+
+
+def check_values(layer: Layer) -> None:
+    """Raise unless the weight has values (not meta), entries, and only finite ones."""
+    check_weight(layer.weight, layer.where)
+    check_not_empty(layer.weight, layer.where)
+    check_finite(layer.weight.detach(), layer.where)
+
+
+def check_result(result: SigmaResult, where: str) -> SigmaResult:
+    """``result``, after checking that its value is a finite number in its dtype.
+
+    The estimators work on the weight scaled to order one, so only a sigma past the largest
+    number of the result's dtype (float32 for float32 and half weights) can end up infinite.
+    """
+    value = float(result.value.detach())
+    if math.isfinite(value):
+        return result
+    dtype = result.value.dtype
+    fix = (
+        "Compute it in float64: pass the weight as weight.double() (or module.double())."
+        if dtype != torch.float64
+        else "The weights are beyond what float64 represents; rescale them."
+    )
+    raise ParanormError(
+        f"sigma of {where} by method={result.method!r} is above the largest {dtype} "
+        f"({torch.finfo(dtype).max:.3g}), so it cannot be returned as a {dtype} number. {fix}"
+    )
 
 
 @entry_point("sigma")
@@ -120,9 +176,17 @@ def sigma(
     method: str = "power",
     input_shape: Sequence[int] | None = None,
     iterations: int | None = None,
+    *,
+    allow_large: bool = False,
     **layer_args: Any,
 ) -> SigmaResult:
     """Return the largest singular value of a layer's linear map, and what the number guarantees.
+
+    Every method works on the weight divided by a power of two near its largest entry and
+    multiplies the result back (exact: sigma(W) = 2^k sigma(2^-k W)), so any finite weight of
+    float16, bfloat16, float32 or float64 gives a finite, correct sigma, from subnormal
+    entries to the largest representable ones, unless sigma itself is past the largest number
+    of its dtype (then a float32 weight must be passed as float64).
 
     Args:
         module_or_weight: an nn.Linear, nn.Conv1d/2d/3d or nn.ConvTranspose1d/2d/3d (a
@@ -131,8 +195,12 @@ def sigma(
         method: "reshape", "power", "fft", "gram" or "svd" (see the module docstring).
         input_shape: one sample's shape without the batch, (C, L), (C, H, W) or (C, D, H, W);
             a leading batch of 1 is accepted. Needed by "power", "fft", "svd" for convolutions.
-        iterations: power steps ("reshape", "power") or Gram steps ("gram"); None: defaults.
-            "fft" and "svd" take none.
+        iterations: power steps ("reshape", "power") or Gram steps ("gram", at most
+            GRAM_MAX_ITERATIONS); None: defaults. "fft" and "svd" take none.
+        allow_large: run even when the estimated memory or work is past the limits of
+            :mod:`paranorm._sigma.cost` (1 GiB, 1e12 multiply-adds; "svd" also a dense matrix
+            of at most 2048 rows or columns and 2^24 entries). Off: such a request is refused
+            before it starts, with the estimate.
         **layer_args: with a raw weight: stride, padding, dilation, groups, padding_mode,
             transposed, output_padding (torch's meanings); and ``dim`` for "reshape".
 
@@ -141,8 +209,11 @@ def sigma(
         (power iterations run without grad, and the final estimate is taken with grad).
 
     Raises:
-        ParanormError: an unknown method, an unsupported layer, a missing or bad input_shape,
-            iterations for a method that takes none, or a layer too large for "svd".
+        ParanormError: an unknown method, an unsupported layer, a weight that is not a dense
+            float16/bfloat16/float32/float64 tensor with values (int8, complex, float8,
+            sparse, meta), an empty or non-finite weight, a missing or bad input_shape,
+            iterations for a method that takes none, a request past the cost limits, or a
+            sigma past the largest number of its dtype.
 
     Example:
         >>> import torch, paranorm as pn
@@ -150,6 +221,8 @@ def sigma(
         >>> exact = pn.sigma(conv, "svd", input_shape=(4, 6, 6))
         >>> exact.kind, pn.sigma(conv, "reshape").value.item() < exact.value.item()
         ('exact', True)
+        >>> f"{float(pn.sigma(torch.full((2, 2), 1e30), 'svd')):.4g}"  # no overflow in float32
+        '2e+30'
     """
     entry = METHODS.get(method) if isinstance(method, str) else None
     if entry is None:
@@ -162,6 +235,7 @@ def sigma(
         )
     layer = layer_of(module_or_weight, **layer_args)
     shape = check_input_shape(layer.weight, layer.geo, input_shape, layer.where)
+    check_values(layer)
+    check_cost(entry.cost(layer, shape, iterations), method, layer.where, shape, allow_large)
     with autocast_off(layer.weight):  # estimators in float32 or wider, also under autocast
-        return entry.estimate(layer, shape, iterations)
-
+        return check_result(entry.estimate(layer, shape, iterations), layer.where)

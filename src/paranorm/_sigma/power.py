@@ -19,6 +19,7 @@ from .layer import Layer, require_input_shape
 from .operator import apply, apply_adjoint
 from .precision import float32_or_wider
 from .result import SigmaResult
+from .scale import scaled
 
 __all__ = [
     "POWER_BLOCK",
@@ -128,11 +129,14 @@ def warm_start(weight: torch.Tensor, geo: Geometry, shape: tuple[int, ...]) -> t
 
 
 def power_estimate(layer: Layer, shape: tuple[int, ...] | None, iterations: int) -> SigmaResult:
-    """The "power" method: subspace iteration on A^T A from a warm start; a lower estimate."""
+    """The "power" method: subspace iteration on A^T A from a warm start; a lower estimate.
+
+    Run on W / c (c a power of two, :func:`.scale.scaled`) and multiplied by c.
+    """
     if layer.geo.is_matrix:
         shape = (layer.weight.shape[1],)
     shape = require_input_shape(layer, shape, "power")
-    weight = layer.weight.to(float32_or_wider(layer.weight))
+    weight, scale = scaled(layer.weight.to(float32_or_wider(layer.weight)))
     detached = weight.detach()
     block = min(POWER_BLOCK, math.prod(shape))
     x = torch.cat([warm_start(detached, layer.geo, shape), start_vector((block - 1, *shape), weight.dtype, weight.device, seed=1)])
@@ -142,5 +146,5 @@ def power_estimate(layer: Layer, shape: tuple[int, ...] | None, iterations: int)
         x,
         iterations,
     )
-    value = block_sigma(lambda t: apply(weight, layer.geo, t), x)
+    value = block_sigma(lambda t: apply(weight, layer.geo, t), x) * scale
     return SigmaResult(value, "lower", "power", iterations)
