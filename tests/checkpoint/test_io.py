@@ -140,9 +140,9 @@ def test_safetensors_write_of_64_mib_needs_about_one_block_of_extra_memory(tmp_p
         return int(proc.stdout.strip())
 
     ours, package = peak_extra("paranorm"), peak_extra("package")
-    # One copy of one block of a non-contiguous tensor (8 MiB), not the file: the measurement
-    # itself sees the package's whole-file buffers (more than the 64 MiB checkpoint).
-    assert ours <= 12 * 2**20, f"{ours / 2**20:.1f} MiB"
+    # At most one tensor's size (16 MiB; a block of 8 MiB is copied), not the file's: the same
+    # measurement sees the package's whole-file buffers (more than the 64 MiB checkpoint).
+    assert ours <= 16 * 2**20, f"{ours / 2**20:.1f} MiB"
     assert package >= 64 * 2**20, f"{package / 2**20:.1f} MiB"
 
 
@@ -285,13 +285,17 @@ def test_temporary_is_named_for_paranorm_and_the_handlers_are_restored(tmp_path)
         seen.append((listing(tmp_path), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)))
         yield lambda n: None
 
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    write_checkpoint(tmp_path / "out.pt", weights(), progress=progress)
-    (names, during_term, during_hup), = seen
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        write_checkpoint(tmp_path / "out.pt", weights(), progress=progress)
+        after = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP))
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    ((names, during_term, during_hup),) = seen
     assert names == [f".out.pt.paranorm-{os.getpid()}-{_files._host()}.tmp"]
     assert callable(during_term) and during_term is during_hup  # taken over while writing
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # and given back
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert after == (signal.SIG_DFL, signal.SIG_DFL)  # and given back
 
 
 def test_a_write_in_another_thread_leaves_signals_alone(tmp_path):
@@ -302,10 +306,11 @@ def test_a_write_in_another_thread_leaves_signals_alone(tmp_path):
         seen.append(signal.getsignal(signal.SIGTERM))
         yield lambda n: None
 
+    before = signal.getsignal(signal.SIGTERM)
     worker = threading.Thread(target=write_checkpoint, args=(tmp_path / "out.pt", weights()), kwargs={"progress": progress})
     worker.start()
     worker.join()
-    assert seen == [signal.SIG_DFL] and listing(tmp_path) == ["out.pt"]
+    assert seen == [before] and listing(tmp_path) == ["out.pt"]  # signal.signal() would raise there
 
 
 SIGNAL_SCRIPT = """
