@@ -151,11 +151,23 @@ def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_layer_without_bias_is_refused_and_model_untouched():
+def test_layer_without_bias_gets_its_scale_and_says_the_mean_is_left():
+    torch.manual_seed(6)
+    model = nn.Sequential(pn.weight_norm(nn.Linear(3, 4)), pn.weight_norm(nn.Linear(4, 2, bias=False)))
+    x = torch.randn(64, 3) * 2 + 1
+    first, second = pn.data_dependent_init(model, x)
+    assert (first.status, second.status) == ("initialized", "partial")
+    assert "no bias" in second.detail and "1 (Linear, 2 units): partial (no bias" in str(second)
+    with torch.no_grad():
+        y = model(x)
+    assert (y.std(0, correction=0) - 1).abs().max() < TOL  # the scale is set per unit
+
+
+def test_strict_refuses_a_partial_layer_and_leaves_the_model_untouched():
     model = nn.Sequential(pn.weight_norm(nn.Linear(3, 4)), pn.weight_norm(nn.Linear(4, 2, bias=False)))
     before = _params(model)
-    with pytest.raises(ParanormError, match=r"1 \(Linear\) has no bias.*bias=True"):
-        pn.data_dependent_init(model, torch.randn(8, 3))
+    with pytest.raises(ParanormError, match=r"strict=True.*1 \(Linear\): partial, no bias"):
+        pn.data_dependent_init(model, torch.randn(8, 3), strict=True)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -175,27 +187,68 @@ class _Branchy(nn.Module):
         return self.used(x)
 
 
-def test_layer_never_reached_is_refused_and_model_untouched():
+def test_layer_never_reached_is_skipped_or_with_strict_refused():
     torch.manual_seed(5)
     model = _Branchy()
     before = _params(model)
-    with pytest.raises(ParanormError, match="never reached unused"):
-        pn.data_dependent_init(model, torch.randn(8, 3))
+    with pytest.raises(ParanormError, match="unused.*never reached"):
+        pn.data_dependent_init(model, torch.randn(8, 3), strict=True)
     # The reached layer was initialized during the pass, then restored.
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training
+    used, unused = pn.data_dependent_init(model, torch.randn(8, 3))
+    assert (used.path, used.status, unused.path, unused.status) == ("used", "initialized", "unused", "skipped")
+    assert "never reached" in unused.detail
+    assert torch.equal(model.unused.parametrizations.weight.original0, before["unused.parametrizations.weight.original0"])
 
 
-def test_wrong_dim_and_no_weight_norm_and_constant_unit():
-    with pytest.raises(ParanormError, match=r"dim=1.*weight_norm\(layer, dim=0\)"):
-        pn.data_dependent_init(pn.weight_norm(nn.Linear(3, 4), dim=1), torch.randn(8, 3))
-    with pytest.raises(ParanormError, match=r"dim=0.*dim=1\)"):
-        pn.data_dependent_init(pn.weight_norm(nn.ConvTranspose1d(3, 4, 2)), torch.randn(8, 3, 5))
+@pytest.mark.parametrize(
+    ("make", "x"),
+    [
+        (lambda: pn.weight_norm(nn.Linear(3, 4), dim=1), torch.randn(64, 3) * 3 + 1),
+        (lambda: pn.weight_norm(nn.Linear(3, 4), dim=None), torch.randn(64, 3) * 3 + 1),
+        # torch's default dim=0 on a ConvTranspose scales its input channels (HiFi-GAN's upsamplers)
+        (lambda: pn.weight_norm(nn.ConvTranspose1d(3, 4, 4, stride=2)), torch.randn(16, 3, 9) * 3 + 1),
+        (lambda: torch.nn.utils.weight_norm(nn.ConvTranspose1d(3, 4, 4, stride=2)), torch.randn(16, 3, 9) - 2),
+    ],
+)
+def test_g_that_does_not_index_output_units_sets_a_common_scale(make, x):
+    torch.manual_seed(7)
+    layer = make()
+    (summary,) = pn.data_dependent_init(layer, x)
+    assert summary.status == "partial" and "common scale" in summary.detail
+    with torch.no_grad():
+        y = layer(x)
+    unit_axis = 1 if y.ndim == 3 else 1 if isinstance(layer, nn.ConvTranspose1d) else y.ndim - 1
+    flat = y.movedim(unit_axis, 0).flatten(1).double()
+    assert flat.mean(1).abs().max() < TOL  # centred per unit
+    assert abs(flat.var(1, correction=0).mean().item() - 1) < TOL  # average variance 1
+
+
+def test_constant_units_keep_their_g_and_b():
+    torch.manual_seed(8)
+    layer = pn.weight_norm(nn.Linear(3, 4))
+    x = torch.randn(32, 3)
+    x[:, 2] = 0  # makes unit 0, whose v reads only input 2, constant
+    with torch.no_grad():
+        layer.parametrizations.weight.original1[0] = torch.tensor([0.0, 0.0, 1.0])
+    g0, b0 = layer.parametrizations.weight.original0[0].clone(), layer.bias[0].clone()
+    (summary,) = pn.data_dependent_init(layer, x)
+    assert summary.status == "partial" and "1 of 4 units are constant" in summary.detail
+    assert torch.equal(layer.parametrizations.weight.original0[0], g0) and torch.equal(layer.bias[0], b0)
+    with torch.no_grad():
+        y = layer(x)[:, 1:]
+    assert y.mean(0).abs().max() < TOL and (y.std(0, correction=0) - 1).abs().max() < TOL
+
+
+def test_no_weight_norm_and_a_dead_layer():
     with pytest.raises(ParanormError, match="no weight-normed layer"):
         pn.data_dependent_init(nn.Linear(3, 4), torch.randn(8, 3))
     dead = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), pn.weight_norm(nn.Linear(4, 2)))
     with torch.no_grad():
         dead[0].weight.zero_()
         dead[0].bias.fill_(-1.0)
-    with pytest.raises(ParanormError, match="constant or not finite"):
-        pn.data_dependent_init(dead, torch.randn(8, 3))
+    (summary,) = pn.data_dependent_init(dead, torch.randn(8, 3))
+    assert summary.status == "skipped" and "constant" in summary.detail
+    with pytest.raises(ParanormError, match="constant"):
+        pn.data_dependent_init(dead, torch.randn(8, 3), strict=True)

@@ -19,7 +19,8 @@ MODULES = {"pn": pn, "pn.nn": pn.nn, "pn.checkpoint": pn.checkpoint, "pn.distrib
 PUBLIC = {
     'pn.AlreadyNormalizedError': ['class', None, None],
     'pn.CheckpointError': ['class', None, None],
-    'pn.InitSummary': ['class', "(path: 'str', layer: 'str', units: 'int', mean_before: 'float', std_before: 'float', mean_after: 'float', std_after: 'float') -> None", ['layer', 'mean_after', 'mean_before', 'path', 'std_after', 'std_before', 'units']],
+    # status and detail added (partial and skipped layers), with defaults: old calls still work
+    'pn.InitSummary': ['class', "(path: 'str', layer: 'str', units: 'int', mean_before: 'float', std_before: 'float', mean_after: 'float', std_after: 'float', status: 'Status' = 'initialized', detail: 'str' = '') -> None", ['detail', 'layer', 'mean_after', 'mean_before', 'path', 'status', 'std_after', 'std_before', 'units']],
     'pn.LipschitzReport': ['class', "(source: 'str', methods: 'tuple[str, ...]', layers: 'tuple[LayerReport, ...]', network: 'NetworkBound', notes: 'tuple[str, ...]' = ()) -> None", ['layers', 'methods', 'network', 'notes', 'source']],
     'pn.NormalizationInfo': ['class', "(path: 'str', name: 'str', kind: 'Kind', implementation: 'Implementation', dim: 'int | None' = None, method: 'str | None' = None, n_power_iterations: 'int | None' = None) -> None", ['dim', 'implementation', 'kind', 'method', 'n_power_iterations', 'name', 'path']],
     'pn.NotNormalizedError': ['class', None, None],
@@ -32,7 +33,7 @@ PUBLIC = {
     'pn.checkpoint.LAYOUTS': None,
     'pn.checkpoint.convert': "(state_dict: 'Mapping[str, Any]', to: 'Layout' = 'parametrizations', *, dims: 'Mapping[str, int | None] | None' = None, normalize: 'Mapping[str, Kind] | None' = None) -> 'OrderedDict[str, Any]'",
     'pn.checkpoint.detect': "(state_dict: 'Mapping[str, Any]') -> 'list[Entry]'",
-    'pn.data_dependent_init': "(model: 'nn.Module', batch: 'Any') -> 'list[InitSummary]'",
+    'pn.data_dependent_init': "(model: 'nn.Module', batch: 'Any', *, strict: 'bool' = False) -> 'list[InitSummary]'",
     'pn.distributed': 'module',
     'pn.distributed.check_not_sharded': "(module: 'nn.Module', name: 'str', norm: 'str', tensor: 'torch.Tensor') -> 'None'",
     'pn.distributed.destroy_process_group': "() -> 'None'",
