@@ -27,7 +27,7 @@ import torch
 
 from paranorm import CheckpointError, _files
 from paranorm.checkpoint import io as checkpoint_io
-from paranorm.checkpoint.io import nbytes, read_checkpoint, write_checkpoint
+from paranorm.checkpoint.io import limits, nbytes, read_checkpoint, write_checkpoint
 from paranorm.cli import main
 
 st = pytest.importorskip("safetensors.torch")
@@ -443,7 +443,7 @@ def test_a_rezipped_compressed_checkpoint_is_read_without_mmap(tmp_path):
 
 
 def test_a_zip_bomb_is_not_inflated(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint_io, "_EXPANDED_MIN", 2**16)
+    monkeypatch.setattr(limits, "EXPANDED_MIN", 2**16)
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("bomb/data.pkl", b"\x80\x02}q\x00.")
@@ -466,7 +466,7 @@ def test_a_stride_0_tensor_is_refused_before_it_is_materialized(tmp_path):
 
 
 def test_many_views_of_one_storage_are_refused_together(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint_io, "_EXPANDED_MIN", 2**16)
+    monkeypatch.setattr(limits, "EXPANDED_MIN", 2**16)
     base = torch.randn(4096)  # 16 KiB, viewed 64 times: 1 MiB from a file of about 20 KiB
     torch.save({f"v{i}": base for i in range(64)}, tmp_path / "views.pt")
     with pytest.raises(CheckpointError, match=r"its tensors would take 1\.0 MiB in memory from a file of"):
@@ -637,10 +637,6 @@ def corpus() -> list[tuple[str, str, Callable[[Path], None]]]:
     add("zip-storage-too-big", "x.pt", repickled(two_tensors(), *STORAGE_TOO_BIG))
     add("zip-storage-aliased", "x.pt", repickled(two_tensors(), *STORAGE_ALIASED))
     add("zip-shape-past-storage", "x.pt", repickled(two_tensors(), b"K\x00K\x04\x85", b"K\x00K\xc8\x85"))
-    add("safetensors-as-pt", "x.pt", sf)
-    add("zip-as-safetensors", "x.safetensors", z)
-    for suffix in (".txt", ".npz", "", ".py"):
-        add(f"suffix{suffix or '-none'}", f"x{suffix}", z)
     add("pickle-os-system", "x.pt", EVIL)
     add("zip-os-system", "x.pt", lambda p: pickle_in_zip(p, EVIL))
     add("pickle-eval", "x.pt", b"cbuiltins\neval\n(S'1'\ntR.")
@@ -700,4 +696,17 @@ def test_hostile_file_is_one_clean_line_and_changes_nothing(tmp_path, capsys, co
 
 
 def test_the_corpus_is_large_and_varied():
-    assert len(CORPUS) >= 80 and len({name for _, name, _ in CORPUS}) >= 10
+    assert len(CORPUS) >= 80 and len({name for _, name, _ in CORPUS}) >= 5
+
+
+@pytest.mark.parametrize("name", ["g_02500000", "x.txt", "x.npz", "model.py", "x.safetensors", "x.pt"])
+@pytest.mark.parametrize("fmt", ["zip", "safetensors", "legacy"])
+def test_the_format_is_read_from_the_bytes_whatever_the_name(tmp_path, name, fmt):
+    """HiFi-GAN's g_02500000 has no suffix; a safetensors file may be called .pt."""
+    pytest.importorskip("safetensors")
+    path = tmp_path / name
+    path.write_bytes({"zip": good_zip, "safetensors": good_safetensors, "legacy": good_legacy}[fmt]())
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.parts == ((),)
+    for key, value in weights().items():
+        assert torch.equal(checkpoint.state_dict[key], value)

@@ -11,6 +11,7 @@ IN is read, and nothing is printed on stdout before the conversion succeeded. Ou
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import warnings
@@ -49,14 +50,15 @@ def _progress(total: int, description: str) -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-def _parse_dim(text: str) -> tuple[str, int | None]:
-    key, sep, value = text.rpartition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=DIM (e.g. conv.weight=0), got {text!r}")
+def _parse_dim(text: str) -> tuple[str | None, int | None]:
+    """``[PATTERN=]DIM`` -> (PATTERN or None for "wherever the shapes cannot say", DIM)."""
+    pattern, sep, value = text.rpartition("=")
+    if sep and not pattern:
+        raise argparse.ArgumentTypeError(f"expected [KEY=]DIM (e.g. conv.weight=0 or 0), got {text!r}")
     if value.lower() == "none":
-        return key, None
+        return pattern or None, None
     try:
-        return key, int(value)
+        return pattern or None, int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"DIM must be an int or None, got {value!r} in {text!r}") from None
 
@@ -81,8 +83,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "ended runs, or remove it by hand: rm FOLDER/.*.paranorm-*.tmp"
         ),
     )
-    parser.add_argument("input", metavar="IN", type=Path, help="checkpoint to read (.pt, .pth, .bin, .ckpt, .safetensors)")
-    parser.add_argument("output", metavar="OUT", type=Path, nargs="?", help="where to write; its suffix picks the format")
+    parser.add_argument(
+        "input", metavar="IN", type=Path,
+        help="checkpoint to read: a torch.save file (any name, e.g. g_02500000) or safetensors",
+    )
+    parser.add_argument(
+        "output", metavar="OUT", type=Path, nargs="?",
+        help="where to write: safetensors for a .safetensors suffix, else torch.save's format",
+    )
     parser.add_argument("--to", required=True, choices=LAYOUTS, help="the layout to write")
     parser.add_argument("--dry-run", action="store_true", help="report what would change; write nothing")
     parser.add_argument("--in-place", action="store_true", help="overwrite IN (atomically); OUT may be omitted")
@@ -92,8 +100,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of a table")
     parser.add_argument(
-        "--dim", action="append", type=_parse_dim, default=[], metavar="KEY=DIM",
-        help="the normalization dim of tensor KEY (e.g. conv.weight=1) where the shapes cannot say it",
+        "--dim", action="append", type=_parse_dim, default=[], metavar="[KEY=]DIM",
+        help=(
+            "the normalization dim of tensor KEY, a glob pattern (e.g. conv.weight=1, "
+            "'*.convs.*=0'), or alone the dim of every tensor whose shapes cannot say it (e.g. "
+            "0, torch's default for Conv; 1 for ConvTranspose); repeat it, the last match wins"
+        ),
+    )
+    parser.add_argument(
+        "--key", metavar="NAME",
+        help=(
+            "convert only the state dict NAME of a training checkpoint (e.g. generator, mpd, "
+            "state_dict); every other entry is kept as it is. Default: all of them"
+        ),
     )
     parser.add_argument(
         "--weight-norm", action="append", default=[], metavar="KEY",
@@ -200,22 +219,74 @@ def _about(source: Path) -> Iterator[None]:
         ) from error
 
 
+def _named(part: str, key: str) -> tuple[str, ...]:
+    """The names a user may give a tensor: its key, and PART/KEY inside a training checkpoint."""
+    return (key, f"{part}/{key}") if part else (key,)
+
+
+def _dims(
+    patterns: list[tuple[str | None, int | None]], part: str, entries: list[Entry], normalize: Mapping[str, str],
+    used: set[int],
+) -> dict[str, int | None]:
+    """``--dim`` resolved to tensor names of the state dict ``part``; ``used`` collects the
+    indices of the patterns that matched something."""
+    dims: dict[str, int | None] = {}
+    candidates = [(e.name, len(e.dim_candidates) > 1) for e in entries if e.kind is not None]
+    candidates += [(key, True) for key in normalize]
+    for index, (pattern, dim) in enumerate(patterns):
+        for name, ambiguous in candidates:
+            if pattern is None:
+                hit = ambiguous  # alone, DIM fills in where the shapes cannot say it
+            else:
+                hit = any(fnmatch.fnmatchcase(n, pattern) for n in _named(part, name))
+            if hit:
+                dims[name] = dim
+                used.add(index)
+    return dims
+
+
 def _converted(
-    args: argparse.Namespace, state: Mapping[str, Any], normalize: dict[str, str]
+    args: argparse.Namespace, part: str, state: Mapping[str, Any], normalize: dict[str, str], used: set[int],
 ) -> tuple[Any, list[str], list[dict[str, Any]], int]:
-    """The converted state_dict, notes on what was derived, the changed rows, the tensor count."""
+    """The converted state dict ``part``, notes on what was derived, the changed rows, the count."""
     source: Path = args.input
     with _about(source):
         entries = detect(state)
     _check_computable(state, entries, source, normalize)
+    dims = _dims(args.dim, part, entries, normalize, used)
     with _about(source), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
-        converted = convert(state, to=args.to, dims=dict(args.dim), normalize=normalize)  # type: ignore[arg-type]
+        converted = convert(state, to=args.to, dims=dims, normalize=normalize)  # type: ignore[arg-type]
         after = {e.name: e for e in detect(converted)}
     before = {e.name: e for e in entries}
     notes = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
     rows = [_row(before.get(n), after.get(n)) for n in after if before.get(n) is None or before[n].keys != after[n].keys]
+    if part and args.several_parts:  # one state dict: its tensors go by their own names
+        notes = [f"{part}: {note}" for note in notes]
+        for row in rows:
+            row["tensor"] = f"{part}/{row['tensor']}"
     return converted, notes, rows, len(after)
+
+
+def _normalize_requests(args: argparse.Namespace, parts: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """``--weight-norm``/``--spectral-norm`` KEYs (or PART/KEYs) by state dict."""
+    requests: dict[str, str] = {key: "weight_norm" for key in args.weight_norm}
+    for key in args.spectral_norm:
+        if key in requests:
+            raise CheckpointError(f"{key!r} is named by both --weight-norm and --spectral-norm; pick one.")
+        requests[key] = "spectral_norm"
+    by_part: dict[str, dict[str, str]] = {part: {} for part in parts}
+    for name, kind in requests.items():
+        owners = [(part, key) for part, state in parts.items() for key in state if name in _named(part, key)]
+        if not owners:
+            raise CheckpointError(
+                f"--{kind.replace('_', '-')} {name}: the checkpoint has no tensor {name!r}"
+                + (f" in its state dicts {', '.join(map(repr, parts))}; name it PART/KEY" if len(parts) > 1 or "" not in parts else "")
+                + "."
+            )
+        for part, key in owners:
+            by_part[part][key] = kind
+    return by_part
 
 
 def run(args: argparse.Namespace) -> int:
@@ -223,33 +294,47 @@ def run(args: argparse.Namespace) -> int:
     source: Path = args.input
     target = _target(args)
     out_format = checkpoint_format(target, "OUT")
-    normalize = {key: "weight_norm" for key in args.weight_norm}
-    for key in args.spectral_norm:
-        if key in normalize:
-            raise CheckpointError(f"{key!r} is named by both --weight-norm and --spectral-norm; pick one.")
-        normalize[key] = "spectral_norm"
     # Sparse or quantized buffers pass through; the normalized tensors are checked before use.
     checkpoint = read_checkpoint(source, dense=False)
-    obj, nested, metadata, state = checkpoint.obj, checkpoint.nested, checkpoint.metadata, checkpoint.state_dict
-    if out_format == "safetensors" and nested:
-        others = [k for k in obj if k != nested]
-        if others:
-            raise CheckpointError(
-                f"IN {str(source)!r} is a nested checkpoint (entries {', '.join(map(repr, others[:8]))} "
-                f"besides {nested!r}); safetensors holds tensors only. Write a .pt OUT to keep them."
-            )
-    converted, notes, rows, tensors = _converted(args, state, normalize)
-    if nested:
-        result = dict(obj)
-        result[nested] = converted
-    else:
-        result = converted
+    if args.key is not None:
+        with _about(source):
+            checkpoint = checkpoint.select(args.key)
+    parts = checkpoint.state_dicts
+    if out_format == "safetensors" and checkpoint.parts != ((),) and args.key is None:
+        raise CheckpointError(
+            f"IN {str(source)!r} is a training checkpoint (state dicts "
+            f"{', '.join(map(repr, checkpoint.names))} among its entries); a safetensors file "
+            "holds one flat dict of tensors. Write a .pt OUT to keep everything, or pick the "
+            "state dict to write with --key NAME."
+        )
+    requests = _normalize_requests(args, parts)
+    args.several_parts = len(parts) > 1
+    used: set[int] = set()
+    converted: dict[str, Any] = {}
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    tensors = 0
+    for part, state in parts.items():
+        converted[part], part_notes, part_rows, count = _converted(args, part, state, requests[part], used)
+        notes += part_notes
+        rows += part_rows
+        tensors += count
+    unused = [pattern or str(dim) for i, (pattern, dim) in enumerate(args.dim) if i not in used]
+    if unused:
+        raise CheckpointError(
+            f"--dim {unused[0]} matches no normalized tensor of IN {str(source)!r} whose dim it "
+            "could give; name tensors as the checkpoint does (paranorm inspect lists them), or "
+            "drop it."
+        )
+    # A safetensors OUT takes the one state dict (--key), a .pt OUT the whole checkpoint.
+    result = converted[args.key] if out_format == "safetensors" and args.key is not None else checkpoint.replaced(converted)
     if not args.dry_run:
-        write_checkpoint(target, converted if out_format == "safetensors" else result, metadata=metadata,
+        write_checkpoint(target, result, metadata=checkpoint.metadata,
                          progress=None if args.json else _progress, overwrite=args.overwrite or args.in_place)
     summary = {
         "input": str(source), "output": None if args.dry_run else str(target), "to": args.to,
-        "dry_run": bool(args.dry_run), "nested": nested, "tensors": tensors, "changed": rows, "notes": notes,
+        "dry_run": bool(args.dry_run), "nested": checkpoint.nested,
+        "state_dicts": checkpoint.names, "tensors": tensors, "changed": rows, "notes": notes,
     }
     # Only now, with the file written, does stdout get anything (--json readers parse it whole).
     if args.json:

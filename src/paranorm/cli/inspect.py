@@ -14,6 +14,8 @@ import importlib.util
 import json
 import os
 import sys
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from torch import nn
 
 from .._errors import ParanormError
 from .._lipschitz import DEFAULT_METHODS, LipschitzReport, lipschitz_report, state_dict_report
-from ..checkpoint.io import read_checkpoint
+from ..checkpoint.io import Checkpoint, read_checkpoint
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -68,6 +70,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--weights",
         metavar="CHECKPOINT",
         help="with --model: load this state_dict file into the model first (strict)",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="NAME",
+        help=(
+            "the state dict to use from a training checkpoint that holds several (e.g. "
+            "generator, mpd, state_dict); default: all of them (and, with --weights, the only one)"
+        ),
     )
     parser.add_argument(
         "--methods",
@@ -197,9 +207,35 @@ def _model_spec(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _load_weights(model: nn.Module, path: str) -> None:
+def _merged(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The state dicts of a training checkpoint as one, each key under its state dict's name
+    ("mpd/convs.0.weight"); legacy spectral norm's per-module versions follow their keys."""
+    if checkpoint.parts == ((),) or len(checkpoint.parts) == 1:
+        return checkpoint.state_dict  # type: ignore[return-value]
+    merged: OrderedDict[str, Any] = OrderedDict()
+    metadata: dict[str, Any] = {}
+    for name, state in checkpoint.state_dicts.items():
+        merged.update((f"{name}/{key}", value) for key, value in state.items())
+        for module, local in (getattr(state, "_metadata", None) or {}).items():
+            metadata[f"{name}/{module}" if module else name] = local
+    merged._metadata = metadata  # type: ignore[attr-defined]
+    return merged
+
+
+def _without_ddp_prefix(state_dict: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
+    """DDP saves ``module.``-prefixed keys; a bare model's have none."""
+    keys = [k for k in state_dict if isinstance(k, str)]
+    if keys and all(k.startswith("module.") for k in keys) and not any(k.startswith("module.") for k in model.state_dict()):
+        return OrderedDict((k[len("module."):], v) for k, v in state_dict.items())
+    return state_dict
+
+
+def _load_weights(model: nn.Module, path: str, key: str | None) -> None:
     """Load the checkpoint ``path`` into ``model`` (strict), saying which keys do not fit."""
-    state_dict = read_checkpoint(path).state_dict
+    checkpoint = read_checkpoint(path)
+    if key is not None:
+        checkpoint = checkpoint.select(key)
+    state_dict = _without_ddp_prefix(checkpoint.state_dict, model)
     name = type(model).__name__
     try:
         result = model.load_state_dict(state_dict, strict=False)
@@ -237,7 +273,10 @@ def build_report(
                 "--weights loads a checkpoint into a model; name the model with --model "
                 "path/to/file.py:factory, or inspect the checkpoint alone."
             )
-        state_dict = read_checkpoint(args.target).state_dict
+        checkpoint = read_checkpoint(args.target)
+        if args.key is not None:
+            checkpoint = checkpoint.select(args.key)
+        state_dict = _merged(checkpoint)
         if shapes:
             notes.append(
                 "--input-shape is not used for a state_dict: it stores no stride, padding, dilation "
@@ -254,7 +293,7 @@ def build_report(
         )
     model = load_model(spec)
     if args.weights:
-        _load_weights(model, args.weights)
+        _load_weights(model, args.weights, args.key)
     reference = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = torch.get_default_dtype() if reference is None else reference.dtype
     device = None if reference is None else reference.device
