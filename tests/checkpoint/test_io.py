@@ -141,9 +141,10 @@ def test_safetensors_write_of_64_mib_needs_about_one_block_of_extra_memory(tmp_p
 
     ours, package = peak_extra("paranorm"), peak_extra("package")
     # At most one tensor's size (16 MiB; a block of 8 MiB is copied), not the file's: the same
-    # measurement sees the package's whole-file buffers (more than the 64 MiB checkpoint).
+    # measurement sees the package's whole-file buffers (about the 64 MiB checkpoint, or more;
+    # 60 MiB seen when the allocator reused freed pages).
     assert ours <= 16 * 2**20, f"{ours / 2**20:.1f} MiB"
-    assert package >= 64 * 2**20, f"{package / 2**20:.1f} MiB"
+    assert package >= 40 * 2**20, f"{package / 2**20:.1f} MiB"
 
 
 def quantized() -> torch.Tensor:

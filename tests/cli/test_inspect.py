@@ -194,7 +194,7 @@ def test_weights_loads_a_checkpoint_into_the_model(capsys, tmp_path, model_file)
         ),
         (["{tmp}/ckpt.pt", "--model", "{model}:make_model"], "give a CHECKPOINT or --model, not both"),
         (["{tmp}/ckpt.pt", "--weights", "{tmp}/ckpt.pt"], "--weights loads a checkpoint into a model"),
-        (["{tmp}/ckpt.txt"], "has suffix '.txt'"),
+        (["{tmp}/ckpt.txt"], "holds text (it starts with 'x')"),
         (["{model}"], "is Python source, not a checkpoint"),
         (["{tmp}/garbage.pt"], "with torch.load(weights_only=True)"),
         (["{tmp}/garbage.safetensors"], "as safetensors"),

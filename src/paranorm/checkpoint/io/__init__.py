@@ -107,7 +107,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, dense: bool = True) -> Chec
     """
     path = Path(path)
     handle, size = open_regular(path)
-    metadata = None
+    metadata, obj = None, None
     with handle:
         head = handle.read(512)
         kind = sniff(head)
@@ -119,7 +119,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, dense: bool = True) -> Chec
         elif kind == "unknown" and (path.suffix.lower() == ".py" or foreign(head, size, text=False)):
             raise _unknown(path, head, size, handle)
         # else a pickle: torch.save's legacy format, or its oldest protocol, which is text
-    if metadata is None:
+    if obj is None:
         try:
             obj = torch_load(path, mmap=records is not None)
         except Exception as error:  # whatever a hostile file makes the unpickler raise

@@ -77,12 +77,14 @@ def sniff(head: bytes) -> str:
     """What the first bytes of a file say it is: zip, pickle, tar, safetensors, or unknown."""
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
+    # Before the pickle test: a header of 896 bytes starts b"\x80\x03", like pickle protocol 3;
+    # but "{" is no pickle opcode, so a "{" at byte 8 settles it.
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0:
+        return "safetensors"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
     if head[257:262] == b"ustar":
         return "tar"  # torch's format before 1.0
-    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 0:
-        return "safetensors"
     return "unknown"
 
 
