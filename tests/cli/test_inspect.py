@@ -278,3 +278,28 @@ def test_json_mode_reports_every_failure_as_json(capsys, tmp_path) -> None:
         main(["inspect", "--json", "--no-such-flag"])
     data = json.loads(capsys.readouterr().out)
     assert data["exit_code"] == 2 and data["error"]["kind"] == "usage"
+
+
+def test_integer_inputs_by_dtype_and_range(capsys, tmp_path) -> None:
+    """A model of token ids (VITS, a text encoder) needs an integer example input."""
+    (tmp_path / "tokens.py").write_text(
+        "import torch, paranorm as pn\n"
+        "class Tokens(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.embed = torch.nn.Embedding(10, 4)\n"
+        "        self.conv = pn.weight_norm(torch.nn.Conv1d(4, 3, 3))\n"
+        "    def forward(self, ids):\n"
+        "        return self.conv(self.embed(ids).transpose(1, 2))\n"
+        "def make():\n    torch.manual_seed(0)\n    return Tokens()\n"
+    )
+    spec = f"{tmp_path / 'tokens.py'}:make"
+    code, _, err = run(capsys, "inspect", "--model", spec, "--input-shape", "7")
+    assert code == 1 and "--input-dtype int64 --input-range 0,VOCAB_SIZE" in err
+    code, out, err = run(capsys, "inspect", "--model", spec, "--input-shape", "7", "--input-dtype", "int64",
+                         "--input-range", "0,10", "--json")  # fmt: skip
+    assert code == 0, err
+    assert [layer["input_shape"] for layer in json.loads(out)["layers"]] == [[7], [4, 7]]
+    for bad, message in ((["--input-dtype", "int3"], "not a dtype"), (["--input-range", "5,5"], "not a range")):
+        code, _, err = run(capsys, "inspect", "--model", spec, "--input-shape", "7", "--input-dtype", "int64", *bad)
+        assert code == 1 and message in err

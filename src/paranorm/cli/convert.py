@@ -246,14 +246,11 @@ def _dims(
 
 
 def _converted(
-    args: argparse.Namespace, part: str, state: Mapping[str, Any], normalize: dict[str, str], used: set[int],
+    args: argparse.Namespace, part: str, state: Mapping[str, Any], normalize: dict[str, str],
+    entries: list[Entry], dims: dict[str, int | None],
 ) -> tuple[Any, list[str], list[dict[str, Any]], int]:
     """The converted state dict ``part``, notes on what was derived, the changed rows, the count."""
     source: Path = args.input
-    with _about(source):
-        entries = detect(state)
-    _check_computable(state, entries, source, normalize)
-    dims = _dims(args.dim, part, entries, normalize, used)
     with _about(source), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
         converted = convert(state, to=args.to, dims=dims, normalize=normalize)  # type: ignore[arg-type]
@@ -310,15 +307,12 @@ def run(args: argparse.Namespace) -> int:
     requests = _normalize_requests(args, parts)
     args.several_parts = len(parts) > 1
     used: set[int] = set()
-    converted: dict[str, Any] = {}
-    notes: list[str] = []
-    rows: list[dict[str, Any]] = []
-    tensors = 0
+    plans = {}
     for part, state in parts.items():
-        converted[part], part_notes, part_rows, count = _converted(args, part, state, requests[part], used)
-        notes += part_notes
-        rows += part_rows
-        tensors += count
+        with _about(source):
+            entries = detect(state)
+        _check_computable(state, entries, source, requests[part])
+        plans[part] = (entries, _dims(args.dim, part, entries, requests[part], used))
     unused = [pattern or str(dim) for i, (pattern, dim) in enumerate(args.dim) if i not in used]
     if unused:
         raise CheckpointError(
@@ -326,6 +320,16 @@ def run(args: argparse.Namespace) -> int:
             "could give; name tensors as the checkpoint does (paranorm inspect lists them), or "
             "drop it."
         )
+    converted: dict[str, Any] = {}
+    notes: list[str] = []
+    rows: list[dict[str, Any]] = []
+    tensors = 0
+    for part, state in parts.items():
+        entries, dims = plans[part]
+        converted[part], part_notes, part_rows, count = _converted(args, part, state, requests[part], entries, dims)
+        notes += part_notes
+        rows += part_rows
+        tensors += count
     # A safetensors OUT takes the one state dict (--key), a .pt OUT the whole checkpoint.
     result = converted[args.key] if out_format == "safetensors" and args.key is not None else checkpoint.replaced(converted)
     if not args.dry_run:

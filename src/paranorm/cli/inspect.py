@@ -67,6 +67,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--input-dtype",
+        metavar="DTYPE",
+        action="append",
+        help=(
+            "with --model: the dtype of the random example input, e.g. int64 for token ids "
+            "(default: the model's float dtype); repeat it per input, or give it once for all"
+        ),
+    )
+    parser.add_argument(
+        "--input-range",
+        metavar="LOW,HIGH",
+        help=(
+            "with --model: the values of an integer or bool example input, drawn from [LOW, HIGH), "
+            "e.g. 0,100 for token ids of a vocabulary of 100 (default 0,2)"
+        ),
+    )
+    parser.add_argument(
         "--weights",
         metavar="CHECKPOINT",
         help="with --model: load this state_dict file into the model first (strict)",
@@ -294,17 +311,77 @@ def build_report(
     model = load_model(spec)
     if args.weights:
         _load_weights(model, args.weights, args.key)
-    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
-    dtype = torch.get_default_dtype() if reference is None else reference.dtype
-    device = None if reference is None else reference.device
-    generator = torch.Generator().manual_seed(0)
-    inputs = [
-        torch.randn(1, *shape, generator=generator, dtype=dtype).to(device) for shape in shapes
-    ]
-    report = lipschitz_report(
-        model, inputs[0] if len(inputs) == 1 else tuple(inputs), methods=methods, on_layer=on_layer
-    )
+    inputs = _example_inputs(model, shapes, args.input_dtype or [], args.input_range)
+    try:
+        report = lipschitz_report(
+            model, inputs[0] if len(inputs) == 1 else tuple(inputs), methods=methods, on_layer=on_layer
+        )
+    except ParanormError as error:
+        if "failed on example_input" not in error.detail or args.input_dtype:
+            raise
+        raise ParanormError(
+            f"{error.detail} If the model takes integer inputs (token ids) or masks, give their "
+            "dtype and values: --input-dtype int64 --input-range 0,VOCAB_SIZE."
+        ) from error
     return report, notes
+
+
+#: The dtypes --input-dtype takes, by the names torch prints.
+_DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+}
+
+
+def _input_range(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 2
+    parts = text.split(",")
+    try:
+        low, high = (int(p) for p in parts)
+    except ValueError:
+        low, high = 0, 0
+    if len(parts) != 2 or not low < high:
+        raise ParanormError(
+            f"--input-range {text!r} is not a range: expected two ints LOW,HIGH with LOW < HIGH "
+            "(values are drawn from [LOW, HIGH)), e.g. --input-range 0,100."
+        )
+    return low, high
+
+
+def _example_inputs(
+    model: nn.Module, shapes: list[tuple[int, ...]], dtype_names: list[str], value_range: str | None
+) -> list[torch.Tensor]:
+    """One random batch of one sample per --input-shape: normal floats, or integers (and bools)
+    drawn uniformly from --input-range; seeded, on the model's device."""
+    unknown = [n for n in dtype_names if n.removeprefix("torch.") not in _DTYPES]
+    if unknown:
+        raise ParanormError(
+            f"--input-dtype {unknown[0]!r} is not a dtype paranorm draws inputs in; use one of "
+            f"{', '.join(_DTYPES)}."
+        )
+    if len(dtype_names) > 1 and len(dtype_names) != len(shapes):
+        raise ParanormError(
+            f"{len(dtype_names)} --input-dtype for {len(shapes)} --input-shape: give one dtype for "
+            "all inputs, or one per input in the same order."
+        )
+    reference = next((p for p in model.parameters() if p.is_floating_point()), None)
+    default = torch.get_default_dtype() if reference is None else reference.dtype
+    device = None if reference is None else reference.device
+    low, high = _input_range(value_range)
+    generator = torch.Generator().manual_seed(0)
+    inputs = []
+    for i, shape in enumerate(shapes):
+        name = dtype_names[min(i, len(dtype_names) - 1)] if dtype_names else None
+        dtype = _DTYPES[name.removeprefix("torch.")] if name else default
+        if dtype.is_floating_point:
+            x = torch.randn(1, *shape, generator=generator, dtype=dtype)
+        elif dtype == torch.bool:
+            x = torch.randint(0, 2, (1, *shape), generator=generator).bool()
+        else:
+            x = torch.randint(low, high, (1, *shape), generator=generator, dtype=torch.int64).to(dtype)
+        inputs.append(x.to(device))
+    return inputs
 
 
 def run(args: argparse.Namespace) -> int:
