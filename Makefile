@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-fast install install-dev lint clean
+DIST_VENV ?= build/dist-venv
+
+.PHONY: demo test test-fast install install-dev lint docs dist-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,17 @@ lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/lint-imports
+
+# The sdist and the wheel, each installed into a fresh venv (torch from constraints.txt) and
+# smoke-tested there without the cli extra.
+dist-check: install-dev
+	rm -rf dist $(DIST_VENV)
+	$(PY) -m build --outdir dist .
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install --disable-pip-version-check -q -c constraints.txt dist/*.whl
+	cd build && ../$(DIST_VENV)/bin/python ../tests/smoke/installed.py
+	$(DIST_VENV)/bin/python -m pip install --disable-pip-version-check -q --force-reinstall --no-deps dist/*.tar.gz
+	cd build && ../$(DIST_VENV)/bin/python ../tests/smoke/installed.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .hypothesis src/*.egg-info

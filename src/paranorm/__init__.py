@@ -35,7 +35,7 @@ from ._sigma import sigma as sigma
 from ._spectral_norm import spectral_norm as spectral_norm
 from ._weight_norm import weight_norm as weight_norm
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AlreadyNormalizedError",

@@ -179,8 +179,22 @@ def _blocks(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
         yield tensor[start : start + rows].resolve_conj().resolve_neg().contiguous()
 
 
+def _numpy() -> Any:
+    """numpy, through which a tensor's bytes are written without a copy (torch needs no numpy)."""
+    try:
+        import numpy
+    except ImportError:
+        raise CheckpointError(
+            "writing .safetensors needs the numpy package: pip install 'paranorm[safetensors]' "
+            "(or pip install numpy), or write a .pt file."
+        ) from None
+    return numpy
+
+
 def write_safetensors(handle: BinaryIO, obj: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None,
                        progress: Any, description: str) -> None:
+    """Write ``obj`` as a safetensors file into ``handle``, tensor by tensor."""
+    _numpy()
     header, order, data_bytes = _layout(obj, metadata)
     with progress(len(header) + data_bytes, description) as advance:
         handle.write(header)
