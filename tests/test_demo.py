@@ -42,7 +42,7 @@ def result() -> demo.DemoResult:
 
 
 def by_hand(layer: str, norm: str, steps: int, seed: int) -> dict[str, torch.Tensor]:
-    """The seed experiment written out with torch's parametrizations, independent of paranorm."""
+    """The blog post's experiment written out with torch's parametrizations, independent of paranorm."""
     weight, bias, lr, scaled = SEED_WEIGHTS[layer]
     generator = torch.Generator().manual_seed(seed + (0 if layer == "first" else 1))
     inputs = torch.randn(steps, 10, 2, generator=generator)
@@ -131,7 +131,7 @@ def test_spectral_norm_is_real_and_weight_norm_is_not(result: demo.DemoResult) -
     # weight norm keeps the function, so sigma stays the layer's own ~200.
     assert wn.before.sigma == pytest.approx(raw.item(), rel=1e-6)
     assert wn.after.sigma == pytest.approx(raw.item(), rel=1e-3)
-    line = demo.seed_mistake(result)
+    line = demo.blog_post_mistake(result)
     assert "import torch.nn.utils.weight_norm as spectral_norm" in line
     assert f"{wn.after.sigma:.6g}" in line and f"{sn.after.sigma:.6f}" in line
     assert "\n" not in line
@@ -141,7 +141,7 @@ def test_rendered_tables_show_the_independent_numbers(result: demo.DemoResult) -
     buffer = io.StringIO()
     demo.render(result, Console(file=buffer, width=200, color_system=None))
     text = buffer.getvalue()
-    for title in ("(a) weight norm", "(b) seed layer 2", "(c) none vs weight_norm"):
+    for title in ("(a) weight norm", "(b) the blog post's second layer", "(c) none vs weight_norm"):
         assert title in text
     wn = by_hand("first", "weight_norm", STEPS, SEED)
     for value in [*wn["g"].flatten().tolist(), *wn["v"].flatten().tolist()]:
@@ -150,7 +150,7 @@ def test_rendered_tables_show_the_independent_numbers(result: demo.DemoResult) -
         expected = by_hand("second", norm, STEPS, SEED)
         assert f"{expected['sigma'].item():#.6g}" in text
         assert f"{expected['sigmas'][-1].item():#.6g}" in text
-    assert demo.seed_mistake(result).split()[-1] in text
+    assert demo.blog_post_mistake(result).split()[-1] in text
 
 
 def test_cli_writes_tables_and_png_atomically(tmp_path, capsys) -> None:

@@ -1,12 +1,12 @@
-"""``paranorm demo``: the seed document's experiments, rerun honestly and deterministically.
+"""``paranorm demo``: the blog post's Linear(2, 3) experiments, rerun honestly and deterministically.
 
-The seed (a blog post, see ANCHORS.md section 7) trained EnCodec-style ``nn.Linear(2, 3)``
-layers with a linear loss ``1 - output.mean()`` and printed the weights before and after.
-This module reruns it and adds what the seed could not show:
+A blog post comparing torch's weight_norm and spectral_norm trained EnCodec-style
+``nn.Linear(2, 3)`` layers with a linear loss ``1 - output.mean()`` and printed the weights
+before and after. This module reruns its two experiments and adds what the post could not show:
 
-(a) weight norm on the seed's first layer: g, v, the effective weight w = g v / ||v|| and the
+(a) weight norm on the post's first layer: g, v, the effective weight w = g v / ||v|| and the
     bias, before and after training;
-(b) a *real* spectral norm on the seed's second layer (the seed imported ``weight_norm`` under
+(b) a *real* spectral norm on the post's second layer (the post imported ``weight_norm`` under
     the name ``spectral_norm``, so it never ran one): sigma, the largest singular value of the
     effective weight, before and after (1.0 under spectral norm), next to weight norm and none;
 (c) none vs weight_norm vs spectral_norm on the same data: loss and sigma at every step.
@@ -41,20 +41,20 @@ __all__ = [
     "DEFAULT_PLOT",
     "DEFAULT_SEED",
     "DEFAULT_STEPS",
+    "EXPERIMENTS",
     "MAX_SEED",
     "MAX_STEPS",
     "NORMS",
-    "SEED_LAYERS",
     "DemoResult",
+    "Experiment",
     "Run",
-    "SeedLayer",
     "Snapshot",
+    "blog_post_mistake",
     "largest_singular_value",
     "make_inputs",
     "plot",
     "render",
     "run_demo",
-    "seed_mistake",
     "to_dict",
     "train",
 ]
@@ -77,11 +77,11 @@ _SPECTRAL_INIT_OFFSET = 2
 
 
 @dataclass(frozen=True)
-class SeedLayer:
-    """One of the seed's two ``nn.Linear(2, 3)`` experiments (ANCHORS.md section 7).
+class Experiment:
+    """One of the blog post's two ``nn.Linear(2, 3)`` experiments.
 
     ``scaled`` inputs are ``randn(10, 2) * U(0, 1) * 10`` (one uniform scale per step, the
-    seed's ``random.random()``), unscaled ones ``randn(10, 2)``.
+    post's ``random.random()``), unscaled ones ``randn(10, 2)``.
     """
 
     key: str
@@ -92,7 +92,7 @@ class SeedLayer:
     scaled: bool
 
     def build(self) -> nn.Linear:
-        """A fresh float32 ``nn.Linear(2, 3)`` holding the seed's weight and bias."""
+        """A fresh float32 ``nn.Linear(2, 3)`` holding the post's weight and bias."""
         # skip_init: no draw from the global RNG for an initialisation we overwrite anyway.
         layer = nn.utils.skip_init(nn.Linear, 2, 3)
         with torch.no_grad():
@@ -101,18 +101,18 @@ class SeedLayer:
         return layer
 
 
-SEED_LAYERS: tuple[SeedLayer, ...] = (
-    SeedLayer(
+EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment(
         key="first",
-        title="seed layer 1",
+        title="the blog post's first layer",
         weight=((0.0, -2e-2), (0.3, 1.0), (1e-2, 0.0)),
         bias=(-0.3, 0.0, -2e-2),
         lr=2e-3,
         scaled=True,
     ),
-    SeedLayer(
+    Experiment(
         key="second",
-        title="seed layer 2",
+        title="the blog post's second layer",
         weight=((0.0, -2e2), (0.3, 1.0), (1e2, 0.0)),
         bias=(-0.3, 0.0, -2e2),
         lr=1e-4,
@@ -140,13 +140,13 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Run:
-    """One training run: a seed layer, a norm, and what happened at every step.
+    """One training run: an experiment's layer, a norm, and what happened at every step.
 
     ``losses[t]`` is the loss of step t's forward; ``sigmas[t]`` the largest singular value of
     the effective weight that forward used (before step t's update).
     """
 
-    layer: SeedLayer
+    layer: Experiment
     norm: str
     steps: int
     before: Snapshot
@@ -165,7 +165,7 @@ class DemoResult:
     seconds: float
 
     def run(self, layer: str, norm: str) -> Run:
-        """The run of seed layer ``layer`` ("first" or "second") under ``norm``."""
+        """The run of the experiment ``layer`` ("first" or "second") under ``norm``."""
         for r in self.runs:
             if r.layer.key == layer and r.norm == norm:
                 return r
@@ -177,11 +177,11 @@ def largest_singular_value(weight: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(weight.detach().double(), ord=2))
 
 
-def make_inputs(layer: SeedLayer, steps: int, seed: int) -> torch.Tensor:
+def make_inputs(layer: Experiment, steps: int, seed: int) -> torch.Tensor:
     """The ``(steps, 10, 2)`` inputs of ``layer``'s experiment, from a generator seeded ``seed``.
 
     Unscaled: ``randn(steps, 10, 2)``. Scaled: that times ``rand(steps, 1, 1) * 10``, one
-    uniform scale per step (the seed's ``torch.randn(10, 2) * random.random() * 10``).
+    uniform scale per step (the post's ``torch.randn(10, 2) * random.random() * 10``).
     """
     generator = torch.Generator().manual_seed(seed + _INPUTS_OFFSET[layer.key])
     x = torch.randn(steps, 10, 2, generator=generator)
@@ -209,10 +209,10 @@ def _snapshot(layer: nn.Linear) -> Snapshot:
     return Snapshot(weight, bias, largest_singular_value(weight), g, v, original)
 
 
-def train(layer: SeedLayer, norm: str, inputs: torch.Tensor, seed: int) -> Run:
+def train(layer: Experiment, norm: str, inputs: torch.Tensor, seed: int) -> Run:
     """Normalize a fresh copy of ``layer`` with ``norm``, train it on ``inputs``, record it.
 
-    One Adam(lr=layer.lr) step per ``inputs[t]`` on loss = 1 - output.mean(), as the seed did.
+    One Adam(lr=layer.lr) step per ``inputs[t]`` on loss = 1 - output.mean(), as the post did.
     Spectral norm's random u, v are drawn under ``torch.manual_seed(seed + 2)`` inside
     ``torch.random.fork_rng``, so the caller's global RNG state is untouched.
     """
@@ -241,7 +241,7 @@ def train(layer: SeedLayer, norm: str, inputs: torch.Tensor, seed: int) -> Run:
 
 
 def run_demo(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> DemoResult:
-    """Run every seed layer under every norm in :data:`NORMS` for ``steps`` steps.
+    """Run both experiments under every norm in :data:`NORMS` for ``steps`` steps.
 
     A layer's three runs see the same inputs, so they compare like with like.
 
@@ -265,7 +265,7 @@ def run_demo(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> DemoResult
     # 3x2 weights: a second intra-op thread only adds hand-offs (measured 2x slower on 2 cores).
     torch.set_num_threads(1)
     try:
-        for layer in SEED_LAYERS:
+        for layer in EXPERIMENTS:
             inputs = make_inputs(layer, steps, seed)
             runs.extend(train(layer, norm, inputs, seed) for norm in NORMS)
     finally:
@@ -273,13 +273,13 @@ def run_demo(steps: int = DEFAULT_STEPS, seed: int = DEFAULT_SEED) -> DemoResult
     return DemoResult(seed, steps, tuple(runs), time.perf_counter() - start)
 
 
-def seed_mistake(result: DemoResult) -> str:
-    """One line on the seed's 'spectral_norm' experiment, with this run's numbers."""
+def blog_post_mistake(result: DemoResult) -> str:
+    """One line on the post's 'spectral_norm' experiment, with this run's numbers."""
     plain = result.run("second", "none")
     wn = result.run("second", "weight_norm")
     sn = result.run("second", "spectral_norm")
     return (
-        "The seed's mistake: `import torch.nn.utils.weight_norm as spectral_norm` ran weight "
+        "The blog post's mistake: `import torch.nn.utils.weight_norm as spectral_norm` ran weight "
         f"norm, so sigma stayed {wn.after.sigma:.6g} (no norm: {plain.after.sigma:.6g}); a real "
         f"spectral norm gives {sn.after.sigma:.6f}."
     )
@@ -319,7 +319,7 @@ def to_dict(result: DemoResult) -> dict[str, Any]:
         "seed": result.seed,
         "steps": result.steps,
         "seconds": result.seconds,
-        "seed_mistake": seed_mistake(result),
+        "blog_post_mistake": blog_post_mistake(result),
         "runs": runs,
     }
 
@@ -352,7 +352,7 @@ def render(result: DemoResult, console: Console | None = None) -> None:
 
     console = console or Console()
     console.print(
-        f"[bold]paranorm demo[/bold]: the seed's two Linear(2, 3) experiments, seed={result.seed}, "
+        f"[bold]paranorm demo[/bold]: the blog post's two Linear(2, 3) experiments, seed={result.seed}, "
         f"{result.steps} Adam steps per run, loss = 1 - output.mean(); computed in "
         f"{result.seconds:.2f} s",
         soft_wrap=True,
@@ -360,7 +360,7 @@ def render(result: DemoResult, console: Console | None = None) -> None:
 
     wn = result.run("first", "weight_norm")
     table = Table(
-        title=f"(a) weight norm on seed layer 1: w = g v / ||v|| per row, Adam(lr={wn.layer.lr:g})",
+        title=f"(a) weight norm on the blog post's first layer: w = g v / ||v|| per row, Adam(lr={wn.layer.lr:g})",
         caption="inputs: randn(10, 2) * U(0, 1) * 10 per step",
     )
     table.add_column("tensor")
@@ -377,9 +377,9 @@ def render(result: DemoResult, console: Console | None = None) -> None:
     table.add_row("sigma(weight)", _fmt(wn.before.sigma), _fmt(wn.after.sigma))
     console.print(table)
 
-    second = SEED_LAYERS[1]
+    second = EXPERIMENTS[1]
     table = Table(
-        title="(b) seed layer 2: sigma = largest singular value of the effective weight "
+        title="(b) the blog post's second layer: sigma = largest singular value of the effective weight "
         "(torch.linalg.matrix_norm, ord=2)",
         caption=f"after {result.steps} steps of Adam(lr={second.lr:g}), inputs: randn(10, 2) "
         "per step",
@@ -398,7 +398,7 @@ def render(result: DemoResult, console: Console | None = None) -> None:
             end_section=True,
         )
     console.print(table)
-    console.print(seed_mistake(result), soft_wrap=True)  # one line, however wide
+    console.print(blog_post_mistake(result), soft_wrap=True)  # one line, however wide
 
     table = Table(
         title="(c) none vs weight_norm vs spectral_norm on the same data",
@@ -432,12 +432,49 @@ def _moving_average(values: torch.Tensor, window: int) -> torch.Tensor:
     return values.unfold(0, window, 1).mean(dim=1)
 
 
+def _coincide(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two curves would draw as one line: apart by under 2% of their range."""
+    spread = float(torch.cat([a, b]).max() - torch.cat([a, b]).min()) or 1.0
+    return float((a - b).abs().max()) <= 0.02 * spread
+
+
+def _overlaps(curves: dict[str, torch.Tensor]) -> dict[str, str]:
+    """norm -> the norm whose curve it covers (drawn before it), for the legend."""
+    names = list(curves)
+    found = {}
+    for i, name in enumerate(names):
+        twin = next((other for other in names[:i] if _coincide(curves[name], curves[other])), None)
+        if twin is not None:
+            found[name] = twin
+    return found
+
+
+#: One look per norm: colour, line style and marker, so that curves which coincide still show.
+_STYLES: dict[str, dict[str, Any]] = {
+    "none": {"color": "tab:gray", "linewidth": 4.0, "alpha": 0.6},
+    "weight_norm": {"color": "tab:blue", "linewidth": 1.6, "linestyle": (0, (4, 3))},
+    "spectral_norm": {"color": "tab:red", "linewidth": 1.6, "linestyle": (0, (1, 1.5))},
+}
+
+
+def _draw(ax: Any, steps: torch.Tensor, curves: dict[str, torch.Tensor], label: Any) -> None:
+    """Draw ``curves`` (norm -> values at ``steps``), saying in the legend which coincide."""
+    overlaps = _overlaps(curves)
+    for norm, values in curves.items():
+        name = label(norm)
+        if norm in overlaps:
+            name += f" (same as {overlaps[norm]}: lines overlap)"
+        ax.plot(steps[steps.numel() - values.numel() :], values, label=name, **_STYLES[norm])
+
+
 def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
     """Write the loss and sigma curves of every run to ``path`` (atomically), in the image format
     its suffix names (png, pdf, svg, jpg, ...); return it.
 
-    One row per seed layer; left: training loss (thin) and its moving average, right: sigma of
-    the effective weight, log scale.
+    One row per experiment; left: the training loss, as a moving average (each step's loss
+    swings with its random inputs); right: sigma of the effective weight. Curves that coincide
+    are drawn in distinct styles (a wide grey line under dashed and dotted ones) and the legend
+    says which overlap.
 
     Raises:
         ParanormError: ``path`` names no image format, is a folder, a read-only or
@@ -446,46 +483,31 @@ def plot(result: DemoResult, path: str | os.PathLike[str]) -> Path:
     figure_format(path, "demo plot")  # before the figure is drawn: a bad path fails fast
     from matplotlib.figure import Figure
 
-    # none drawn wide underneath: where weight_norm (dashed) computes the same function, both show.
-    styles: dict[str, dict[str, Any]] = {
-        "none": {"color": "0.55", "linewidth": 3.0},
-        "weight_norm": {"color": "tab:blue", "linewidth": 1.3, "linestyle": "--"},
-        "spectral_norm": {"color": "tab:red", "linewidth": 1.3},
-    }
     window = max(1, result.steps // 50)
     figure = Figure(figsize=(11, 7.5), layout="constrained")
-    axes = figure.subplots(len(SEED_LAYERS), 2, squeeze=False)
-    for row, layer in enumerate(SEED_LAYERS):
+    axes = figure.subplots(len(EXPERIMENTS), 2, squeeze=False)
+    for row, layer in enumerate(EXPERIMENTS):
         loss_ax, sigma_ax = axes[row]
-        runs = [result.run(layer.key, norm) for norm in NORMS]
-        for r in runs:
-            style = styles[r.norm]
-            steps = torch.arange(1, r.steps + 1)
-            loss_ax.plot(steps, r.losses, color=style["color"], alpha=0.15, linewidth=0.5)
-            smooth = _moving_average(r.losses, window)
-            loss_ax.plot(steps[steps.numel() - smooth.numel() :], smooth, label=r.norm, **style)
-            sigma_ax.plot(
-                steps, r.sigmas, label=f"{r.norm}: last σ = {float(r.sigmas[-1]):.4g}", **style
-            )
+        runs = {norm: result.run(layer.key, norm) for norm in NORMS}
+        steps = torch.arange(1, result.steps + 1)
+        losses = {norm: _moving_average(r.losses, window) for norm, r in runs.items()}
+        _draw(loss_ax, steps, losses, lambda norm: norm)
+        sigmas = {norm: r.sigmas for norm, r in runs.items()}
+        _draw(sigma_ax, steps, sigmas, lambda norm, last=sigmas: f"{norm}: last σ = {float(last[norm][-1]):.4g}")
         scale = "randn(10,2)·U(0,1)·10" if layer.scaled else "randn(10,2)"
         loss_ax.set_title(
-            f"{layer.title}: loss = 1 − mean(output), Adam(lr={layer.lr:g}), x = {scale}",
-            fontsize=9,
+            f"{layer.title}\nloss = 1 − mean(output), Adam(lr={layer.lr:g}), x = {scale}", fontsize=9
         )
         loss_ax.set_xlabel("step")
-        loss_ax.set_ylabel(
-            f"loss (lines: mean of {window} steps; faint: each step)" if window > 1 else "loss"
-        )
+        loss_ax.set_ylabel(f"loss, mean of the last {window} steps" if window > 1 else "loss")
         loss_ax.legend(fontsize=8)
-        sigma_ax.set_title(
-            f"{layer.title}: σ = largest singular value of the effective weight", fontsize=9
-        )
-        low = min(float(r.sigmas.min()) for r in runs)
-        high = max(float(r.sigmas.max()) for r in runs)
+        sigma_ax.set_title(f"{layer.title}\nσ = largest singular value of the effective weight", fontsize=9)
+        low = min(float(v.min()) for v in sigmas.values())
+        high = max(float(v.max()) for v in sigmas.values())
         if low > 0 and high / low > 10:
             sigma_ax.set_yscale("log")
         sigma_ax.set_xlabel("step")
         sigma_ax.set_ylabel("σ(W)")
         sigma_ax.legend(fontsize=8)
-    figure.suptitle(f"paranorm demo: seed={result.seed}, {result.steps} steps")
+    figure.suptitle(f"paranorm demo: the blog post's Linear(2, 3) experiments, seed={result.seed}, {result.steps} steps")
     return save_figure(figure, path, "demo plot", dpi=100)

@@ -1,4 +1,4 @@
-"""``paranorm demo``: rerun the seed's weight-norm and spectral-norm experiments.
+"""``paranorm demo``: rerun the blog post's weight-norm and spectral-norm experiments.
 
 Prints rich tables (or JSON with ``--json``) and writes a PNG of the loss and sigma curves.
 """
@@ -29,9 +29,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``demo`` sub-command to ``subparsers``."""
     parser = subparsers.add_parser(
         "demo",
-        help="rerun the seed's weight/spectral norm experiments: tables and a plot",
+        help="rerun the blog post's Linear(2, 3) weight/spectral norm experiments: tables and a plot",
         description=(
-            "Train the seed document's two Linear(2, 3) layers under none, weight_norm and "
+            "Train the blog post's two Linear(2, 3) layers under none, weight_norm and "
             "spectral_norm; print g, v, weights, biases and sigma (largest singular value) "
             "before and after, and plot loss and sigma over the steps. Deterministic per seed."
         ),
@@ -40,7 +40,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--steps",
         type=int_at_least(1, MAX_STEPS, " (every step is kept for the plot; longer runs take hours)"),
         default=DEFAULT_STEPS,
-        help=f"Adam steps per run (default {DEFAULT_STEPS}, as in the seed)",
+        help=f"Adam steps per run (default {DEFAULT_STEPS}, as in the blog post)",
     )
     parser.add_argument(
         "--seed",
