@@ -156,3 +156,16 @@ def test_paired_share_is_undefined_where_torch_has_no_overhead():
     assert paired == {"share": 0.5, "p10": None, "p90": None}
     samples["torch"] = [0.9] * 30  # torch faster than plain: no share at all
     assert paired_overheads(samples) == {}
+
+
+def test_terminal_report_fits_80_columns_and_reads_as_sentences(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    code = main(["bench", "--cases", "linear-16-8-b2", "--repeats", "2", "--threads", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "linear-16-8-b2" in out  # the case name is never broken across lines
+    assert not any(line.lstrip().startswith("{") for line in lines)  # no raw JSON dumps
+    report_lines = [line for line in lines if line.startswith(("weight norm:", "spectral norm:"))]
+    assert len(report_lines) == 2, out

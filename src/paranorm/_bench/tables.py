@@ -68,3 +68,47 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+#: The columns the terminal table keeps (the markdown table and the JSON have them all).
+TERMINAL_COLUMNS = ("case", "norm", "mode: best paranorm", "plain min", "torch/plain", "best/torch",
+                    "best overhead / torch's", "paired [80% interval]", "peak MiB torch / best")
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """The summary as sentences a person reads (``--json`` has every number)."""
+    lines = []
+    summary = report["summary"]
+    for norm in ("weight_norm", "spectral_norm"):
+        s = summary.get(norm)
+        if s is None:
+            continue
+        name = norm.replace("_", " ")
+        median = s["median_overhead_share_best"]
+        paired = s["median_paired_share_best"]
+        lines.append(
+            f"{name}: paranorm's best path leaves {_share(median)} of torch's overhead over plain "
+            f"layers (median of minima; paired: {_share(paired)}); its interval is at or under half "
+            f"in {s['paired_share_interval_at_most_half']} cases, above in "
+            f"{s['paired_share_interval_above_half']}. Slowest against torch: "
+            f"{s['max_fast_over_torch']:.2f}x ({s['worst_case']}). Peak memory at or below "
+            f"torch's in {s['peak_memory_not_above_torch']} cases."
+        )
+    noise = summary.get("noise_paranorm_default_over_torch")
+    if noise:
+        lines.append(
+            f"noise: paranorm's default path runs torch's own kernels, and measured "
+            f"{noise['min']:.2f}-{noise['max']:.2f}x torch (median {noise['median']:.2f}); "
+            "differences inside that range are this machine's noise."
+        )
+    folded = summary.get("eval_folded_over_plain")
+    if folded:
+        lines.append(
+            f"eval after pn.fold: {folded['min']:.2f}-{folded['max']:.2f}x the plain layers "
+            f"(median {folded['median']:.2f})."
+        )
+    return lines
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from .._bench import BENCH_THREADS, CASES, FULL, QUICK, markdown_table, run_suite, table_rows
+from .._bench.tables import TERMINAL_COLUMNS, summary_lines
 from ._args import int_at_least
 
 
@@ -83,17 +84,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     header, rows = table_rows(report)
+    keep = [header.index(name) for name in TERMINAL_COLUMNS]
     meta = report["meta"]
     table = Table(title=f"paranorm bench: {meta['device']}, {meta['threads']} CPU threads, torch {meta['torch']}, "
                         f"{meta['date']}; ratios of minima over {meta['repeats']} samples")
-    for name in header:
-        table.add_column(name, justify="left" if name in ("case", "norm") else "right")
+    for i in keep:
+        # Names never break: a narrow terminal folds the numeric columns' headers instead.
+        table.add_column(header[i], justify="left" if header[i] in ("case", "norm") else "right",
+                         no_wrap=header[i] == "case", overflow="fold")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in keep))
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # a pipe or file: do not squeeze the table into 80 columns
     console.print(table)
-    for norm, s in report["summary"].items():
-        console.print(f"{norm}: {json.dumps(s)}")
+    for line in summary_lines(report):
+        console.print(line, markup=False, highlight=False)
+    console.print("every number, and the columns left out here: paranorm bench --json (or --markdown)",
+                  style="dim", markup=False)
     return 0
