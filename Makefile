@@ -34,9 +34,13 @@ test-fast: install-dev
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
 
 lint: install-dev
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples tools conftest.py
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/lint-imports
+
+# The documentation site, built strictly (a broken link or reference fails), into build/site.
+docs: install-dev
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d build/site
 
 # The sdist and the wheel, each installed into a fresh venv (torch from constraints.txt) and
 # smoke-tested there without the cli extra.

@@ -2,8 +2,10 @@
 
     .venv/bin/python benchmarks/suite.py [--repeats 30] [--compile] [--device cuda] [--json PATH]
 
-Prints the markdown table that README's "Performance" section shows, and the summary of the
-issue's targets; ``--json PATH`` also writes the whole report (atomically). torch runs on
+Prints the markdown table and the summary over cases; ``--json PATH`` also writes the whole
+report (atomically), the command included. A report saved as
+``benchmarks/results/<YYYY-MM-DD>-<device>.json`` is the table the docs' Performance page shows
+for that device (the latest date wins). torch runs on
 paranorm._bench.BENCH_THREADS (2) threads. ``--compile`` adds torch.compile'd training steps
 for the cases in COMPILE_CASES (inductor; compilation is excluded from the times).
 ``--device cuda`` runs the models on a GPU (synchronized timing, CUDA allocator peaks).
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help=f"also time compiled steps of {COMPILE_CASES}")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         report = run_suite(
@@ -42,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite: {error}", file=sys.stderr)
         return 2
     meta = report["meta"]
+    # The docs' Performance page shows each recorded table with the command that made it.
+    meta["command"] = shlex.join(["python", "benchmarks/suite.py", *argv])
     load = meta["load_average_1min_before_after"]
     print(f"{meta['device']}; CPU: {meta['cpu_count']} cores, load average {load[0]} before, {load[1]} after, "
           f"{meta['threads']} threads; torch {meta['torch']}, {meta['date']}, "
