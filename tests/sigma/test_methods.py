@@ -85,7 +85,9 @@ def test_gram_is_tight_for_matrices_and_circular():
     assert exact <= float(pn.sigma(lin, "gram")) <= exact * 1.01
     conv = nn.Conv2d(8, 8, 3, padding=1, padding_mode="circular").double()
     exact = float(pn.sigma(conv, "fft", input_shape=(8, 8, 8)))
-    assert exact <= float(pn.sigma(conv, "gram", input_shape=(8, 8, 8))) <= exact * 1.01
+    # Both are rounded up by certify.ROUNDING_MARGIN (an exact value is a certified bound too),
+    # so a converged Gram bound may sit that far below the exact value's rounding.
+    assert exact * (1 - 2e-12) <= float(pn.sigma(conv, "gram", input_shape=(8, 8, 8))) <= exact * 1.01
 
 
 def test_zero_padding_bound_holds_at_every_size():

@@ -1,4 +1,5 @@
-"""Rounding a float64 upper bound so that it stays one in the dtype it is reported in."""
+"""Rounding a float64 upper bound (or exact value) so that it stays one in the dtype it is
+reported in: "exact" and "upper" are both certified upper bounds (a report multiplies them)."""
 
 from __future__ import annotations
 

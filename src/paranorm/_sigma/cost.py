@@ -22,6 +22,7 @@ from .layer import Layer
 
 __all__ = [
     "MAX_BYTES",
+    "MAX_NORMALIZATION_WORK",
     "MAX_WORK",
     "STEP_FLOOR",
     "SVD_MAX_ENTRIES",
@@ -40,6 +41,10 @@ __all__ = [
 MAX_BYTES = 2**30
 #: Work a sigma computation may take by default (multiply-adds).
 MAX_WORK = 1e12
+#: Work spectral_norm's operator methods may take at an input shape (the warm-up and one
+#: forward's sigma), a tenth of MAX_WORK: it is paid at registration, at every new input
+#: shape, and (all but the warm-up) on every training step.
+MAX_NORMALIZATION_WORK = 1e11
 #: The least work one iteration step counts for, whatever its size: a step's kernel launches
 #: and Python cost some microseconds, as much as this many multiply-adds.
 STEP_FLOOR = 1e5
@@ -156,7 +161,7 @@ def svd_cost(layer: Layer, shape: tuple[int, ...] | None) -> Cost:
     small, large = sorted((n_in, n_out))
     limit = None
     if small > SVD_MAX_SIDE or small * large > SVD_MAX_ENTRIES:
-        limit = f"smaller side <= {SVD_MAX_SIDE}, entries <= {SVD_MAX_ENTRIES}"
+        limit = f"a dense matrix of smaller side <= {SVD_MAX_SIDE} and <= {SVD_MAX_ENTRIES} entries"
     memory = 8.0 * (small * small + 2.0 * small * large)
     what = f"the dense {n_out} x {n_in} operator matrix and its SVD"
     return Cost(memory, build + 4.0 * small * small * large, what, limit)
@@ -171,24 +176,28 @@ def _human(n: float, unit: str) -> str:
     return f"{n:.3g} {unit}"
 
 
-def check_cost(cost: Cost, method: str, where: str, shape: tuple[int, ...] | None, allow_large: bool) -> None:
-    """Raise if ``cost`` is past MAX_BYTES, MAX_WORK or the method's shape limit, unless
+def check_cost(
+    cost: Cost, method: str, where: str, shape: tuple[int, ...] | None, allow_large: bool,
+    max_work: float = MAX_WORK,
+) -> None:
+    """Raise if ``cost`` is past MAX_BYTES, ``max_work`` or the method's shape limit, unless
     ``allow_large``; the message names the limit, the estimate and the way to allow it."""
     if allow_large:
         return
     over = []
     if cost.limit is not None:
-        over.append(f"its size limit ({cost.limit})")
+        over.append(cost.limit)
     if cost.bytes > MAX_BYTES:
-        over.append(f"about {_human(cost.bytes, 'B')} of memory (limit {_human(MAX_BYTES, 'B')})")
-    if cost.work > MAX_WORK:
-        over.append(f"about {_human(cost.work, 'multiply-adds')} (limit {MAX_WORK:.3g})")
+        over.append(f"{_human(MAX_BYTES, 'B')} of memory")
+    if cost.work > max_work:
+        over.append(f"{max_work:.3g} multiply-adds")
     if not over:
         return
     at = "" if shape is None else f" at input_shape {shape}"
     raise ParanormError(
-        f"method={method!r} for {where}{at} is above its limit: {cost.what} needs "
-        f"{' and '.join(over)}. Pass allow_large=True to run it anyway, or use a smaller "
-        "input_shape (or fewer iterations), or a cheaper method ('gram' bounds a zero-padded "
-        "conv at any input size)."
+        f"method={method!r} for {where}{at} is above its limit: {cost.what} needs about "
+        f"{_human(cost.bytes, 'B')} of memory and {cost.work:.3g} multiply-adds, past "
+        f"the limit of {'; '.join(over)}. Pass allow_large=True to run it anyway, or use a "
+        "smaller input_shape (or fewer iterations), or a cheaper method ('gram' bounds a "
+        "zero-padded conv at any input size)."
     )

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .certify import certified
 from .cost import SVD_MAX_ENTRIES, SVD_MAX_SIDE
 from .geometry import output_shape
 from .layer import Layer, require_input_shape
@@ -44,4 +45,6 @@ def svd_estimate(layer: Layer, shape: tuple[int, ...] | None) -> SigmaResult:
     weight, scale = scaled(layer.weight.to(torch.float64))
     unit = Layer(weight, layer.geo, layer.dim, layer.where)
     value = torch.linalg.matrix_norm(dense_matrix(unit, shape), ord=2) * scale
-    return SigmaResult(value.to(float32_or_wider(layer.weight)), "exact", "svd", None)
+    # Rounded up (certify.certified): an exact value is also a certified upper bound, and
+    # nearest rounding could leave it an ulp below the truth.
+    return SigmaResult(certified(value, float32_or_wider(layer.weight)), "exact", "svd", None)

@@ -20,7 +20,7 @@ from .certify import certified
 from .geometry import Geometry, pad_copies
 from .layer import Layer, require_input_shape
 from .precision import float32_or_wider
-from .result import SigmaResult
+from .result import Guarantee, SigmaResult
 from .scale import scaled
 
 __all__ = [
@@ -175,15 +175,16 @@ def fft_estimate(layer: Layer, shape: tuple[int, ...] | None, precise: bool = Tr
     otherwise (:func:`fft_sizes`); ``precise``: float64, rounded up. Computed on W / c (c a
     power of two, :func:`.scale.scaled`) and multiplied by c: no overflow, and no SVD of
     values that make it fail to converge."""
-    # precise: float64, and an upper bound rounded up (see certify.certified): float32 would put a
-    # tight bound an ulp below the truth. The parametrizations, run every step, pass False
-    # and compute in the weight's own precision (float32 at least).
+    # precise: float64, and rounded up (see certify.certified), the exact value too: nearest
+    # rounding would put it an ulp below the truth, and "exact" is also a certified upper
+    # bound. The parametrizations, run every step, pass False and compute in the weight's own
+    # precision (float32 at least).
     dtype = float32_or_wider(layer.weight)
     weight, scale = scaled(layer.weight.to(torch.float64 if precise else dtype))
     if layer.geo.is_matrix:
         # A matrix is a 1 x 1 convolution on one point: its one frequency matrix is W.
         value = torch.linalg.matrix_norm(weight, ord=2) * scale
-        return SigmaResult(value.to(dtype), "exact", "fft", None)
+        return SigmaResult(certified(value, dtype) if precise else value, "exact", "fft", None)
     shape = require_input_shape(layer, shape, "fft")
     grid, copies, exact = fft_sizes(layer.geo, shape)
     if is_circular(layer.geo):
@@ -191,6 +192,5 @@ def fft_estimate(layer: Layer, shape: tuple[int, ...] | None, precise: bool = Tr
     else:
         mats = frequency_matrices(weight, grid, layer.geo.dilation, layer.geo.groups)
     value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies) * scale
-    if exact or not precise:
-        return SigmaResult(value.to(dtype), "exact" if exact else "upper", "fft", None)
-    return SigmaResult(certified(value, dtype), "upper", "fft", None)
+    kind: Guarantee = "exact" if exact else "upper"
+    return SigmaResult(certified(value, dtype) if precise else value, kind, "fft", None)

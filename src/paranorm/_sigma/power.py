@@ -33,6 +33,7 @@ __all__ = [
     "power_estimate",
     "start_vector",
     "warm_start",
+    "warm_start_applies",
 ]
 
 #: Default power steps of the "power" (and "reshape") method.
@@ -105,6 +106,16 @@ def start_vector(shape: Sequence[int], dtype: torch.dtype, device: torch.device,
     return x / x.norm()
 
 
+def warm_start_applies(weight: torch.Tensor, geo: Geometry, shape: tuple[int, ...]) -> bool:
+    """Whether :func:`warm_start` takes the Fourier plane waves (a conv whose kernel DFT at
+    ``shape`` has at most WARM_START_MAX_ENTRIES entries), not just a random vector."""
+    sizes = shape[1:]
+    if geo.is_matrix or not sizes:
+        return False
+    dft_entries = math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1) * weight.shape[0] * weight.shape[1]
+    return dft_entries <= WARM_START_MAX_ENTRIES
+
+
 def warm_start(weight: torch.Tensor, geo: Geometry, shape: tuple[int, ...]) -> torch.Tensor:
     """A unit start for operator power iteration, shape (1, *shape).
 
@@ -114,9 +125,7 @@ def warm_start(weight: torch.Tensor, geo: Geometry, shape: tuple[int, ...]) -> t
     vector. Any start gives a lower estimate; a good one converges
     sooner.
     """
-    sizes = shape[1:]
-    dft_entries = math.prod(sizes[:-1]) * (sizes[-1] // 2 + 1) * weight.shape[0] * weight.shape[1] if sizes else 0
-    if geo.is_matrix or dft_entries > WARM_START_MAX_ENTRIES:
+    if not warm_start_applies(weight, geo, shape):
         return start_vector((1, *shape), weight.dtype, weight.device)
     waves = fourier_start(weight, shape[1:], geo.dilation, geo.groups, geo.transposed)
     gains = torch.linalg.vector_norm(apply(weight, geo, waves).flatten(1), dim=1)

@@ -23,25 +23,32 @@ import math
 
 import torch
 
-__all__ = ["accumulation_dtype", "plain_norm_range", "pow2_scale", "scaled"]
+__all__ = ["accumulation_dtype", "plain_norm_range", "pow2_floor", "pow2_scale", "scaled"]
+
+
+def pow2_floor(magnitude: torch.Tensor) -> torch.Tensor:
+    """Elementwise 2^(e - 1) for ``magnitude`` in [2^(e - 1), 2^e); 1 where it is 0 or not finite.
+
+    frexp gives m = f 2^e with f in [0.5, 1), and m / (2 f) is that power of two exactly (2 f
+    is exact and the quotient representable), subnormal m and m near the largest number
+    included. No host synchronization.
+    """
+    mantissa, _ = torch.frexp(magnitude)
+    one = torch.ones_like(magnitude)
+    usable = torch.isfinite(magnitude) & (magnitude > 0)
+    return torch.where(usable, magnitude / torch.where(usable, 2 * mantissa, one), one)
 
 
 def pow2_scale(t: torch.Tensor) -> torch.Tensor:
     """c = 2^(e - 1) where max|t| lies in [2^(e - 1), 2^e): max|t / c| is in [1, 2).
 
     A detached 0-dim tensor of ``t``'s dtype; 1 when ``t`` is empty, all zero or not finite
-    (nothing to scale, or nothing a scale could save). No host synchronization: frexp gives
-    max|t| = m 2^e with m in [0.5, 1), and c = max|t| / (2 m) is that power of two exactly
-    (2 m is exact, and the quotient is representable), also when max|t| is subnormal and
-    where 2^e itself would overflow.
+    (nothing to scale, or nothing a scale could save). No host synchronization
+    (:func:`pow2_floor` of max|t|).
     """
     if t.numel() == 0:
         return torch.ones((), dtype=t.dtype, device=t.device)
-    top = t.detach().abs().amax()
-    mantissa, _ = torch.frexp(top)
-    one = torch.ones_like(top)
-    usable = torch.isfinite(top) & (top > 0)
-    return torch.where(usable, top / torch.where(usable, 2 * mantissa, one), one)
+    return pow2_floor(t.detach().abs().amax())
 
 
 def scaled(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
