@@ -424,3 +424,28 @@ def test_plain_one_dimensional_weight_to_spectral_norm_loads_into_torch():
         torch.testing.assert_close(module(x), reference)
     with pytest.raises(CheckpointError, match="out of range"):
         convert(nn.Linear(3, 2).state_dict(), to="legacy", normalize={"weight": "spectral_norm"}, dims={"weight": 5})
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=2, max_size=3),
+    exponent=st.integers(-44, 37),
+    g_exponent=st.integers(-20, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_weight_norm_plain_weight_at_any_magnitude(shape, exponent, g_exponent, seed):
+    # Never NaN or inf from finite inputs: torch's kernel where its squares are in range,
+    # float64 on scaled slices elsewhere, or a refusal for a zero slice (0/0).
+    torch.manual_seed(seed)
+    v = (torch.randn(shape, dtype=torch.float64) * 10.0**exponent).float()
+    g = (torch.rand(shape[0], *([1] * (len(shape) - 1)), dtype=torch.float64) * 10.0**g_exponent).float()
+    state = {"weight_g": g, "weight_v": v}
+    if bool((v.flatten(1).abs().amax(dim=1) == 0).any()):
+        with pytest.raises(CheckpointError, match="0/0"):
+            convert(state, to="plain")
+        return
+    out = convert(state, to="plain")["weight"]
+    assert torch.isfinite(out).all()
+    unit = v.double() / v.double().flatten(1).abs().amax(dim=1).reshape(-1, *([1] * (len(shape) - 1)))
+    want = g.double() * unit / unit.flatten(1).norm(dim=1).reshape(g.shape)
+    torch.testing.assert_close(out.double(), want.float().double(), rtol=3e-6, atol=2.0**-149)

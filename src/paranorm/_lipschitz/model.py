@@ -20,10 +20,18 @@ from torch.nn.utils import parametrize
 
 from .._errors import ParanormError, entry_point
 from .._normalization import find_normalization
-from .._sigma.layer import CONV, CONV_TRANSPOSE, OPERATOR_LAYERS
+from .._sigma.layer import CONV, CONV_TRANSPOSE, LINEAR, OPERATOR_LAYERS
 from .._torch_compat import own_tensor
 from .chain import chain_bound
-from .columns import DEFAULT_METHODS, check_methods, estimate, layer_method
+from .columns import (
+    DEFAULT_METHODS,
+    check_methods,
+    estimate,
+    layer_method,
+    unestimated,
+    weight_problem,
+    withdraw_contradicted,
+)
 from .results import Estimate, LayerReport, LipschitzReport
 
 __all__ = ["cuda_devices", "lipschitz_report"]
@@ -83,6 +91,7 @@ def _report_layer(
     module: nn.Module,
     input_shapes: list[tuple[int, ...] | None],
     methods: tuple[str, ...],
+    allow_large: bool = False,
 ) -> list[LayerReport]:
     name = path or "(model)"
     weight: torch.Tensor = module.weight  # type: ignore[assignment]  # found as a tensor
@@ -102,6 +111,14 @@ def _report_layer(
                 len(input_shapes),
             )
         ]
+    problem = weight_problem(repr(name), weight)
+    if problem is not None:
+        return [
+            LayerReport(
+                name, _type_name(module), shape, (input_shapes or [None])[0], normalization,
+                unestimated(methods, module, problem), len(input_shapes),
+            )
+        ]
     rows = []
     for input_shape in dict.fromkeys(input_shapes or [None]):  # one row per distinct input shape
         estimates = {}
@@ -113,7 +130,8 @@ def _report_layer(
                 estimates[column] = Estimate(method, None, None, None, why)
                 continue
             shape_arg = input_shape if needs_shape else None
-            estimates[column] = estimate(module, method, input_shape=shape_arg)
+            estimates[column] = estimate(module, method, input_shape=shape_arg, allow_large=allow_large)
+        estimates = withdraw_contradicted(estimates, isinstance(module, LINEAR), weight.dtype)
         rows.append(
             LayerReport(
                 name,
@@ -136,6 +154,7 @@ def lipschitz_report(
     methods: Sequence[str] = DEFAULT_METHODS,
     seed: int = 0,
     on_layer: Callable[[int, int, str], None] | None = None,
+    allow_large: bool = False,
 ) -> LipschitzReport:
     """Report each weighted layer's sigmas at the input shape it sees, and a chain bound if one holds.
 
@@ -155,6 +174,8 @@ def lipschitz_report(
         methods: the columns to compute.
         seed: seeds the estimators' random starts, for reproducible numbers.
         on_layer: called as ``on_layer(done, total, name)`` after each layer (progress bars).
+        allow_large: compute estimates past the cost limits of :func:`paranorm.sigma` (1 GiB,
+            1e12 multiply-adds); off, such an estimate is n/a and says what it would cost.
 
     Returns:
         a :class:`LipschitzReport`: print it, or ``to_dict()`` for JSON.
@@ -198,7 +219,7 @@ def lipschitz_report(
         layers: list[LayerReport] = []
         with parametrize.cached():
             for i, (path, module) in enumerate(weighted):
-                layers.extend(_report_layer(path, module, shapes.get(path, []), methods))
+                layers.extend(_report_layer(path, module, shapes.get(path, []), methods, allow_large))
                 if on_layer is not None:
                     on_layer(i + 1, len(weighted), path or "(model)")
         network = chain_bound(model, layers, call_log, shapes, single_input=len(inputs) == 1)

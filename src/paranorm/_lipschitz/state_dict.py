@@ -11,7 +11,14 @@ import torch
 from .._errors import CheckpointError, ParanormError, entry_point
 from ..checkpoint.convert import effective_weight
 from ..checkpoint.detect import candidate_dims, groups
-from .columns import DEFAULT_METHODS, check_methods, estimate
+from .columns import (
+    DEFAULT_METHODS,
+    check_methods,
+    estimate,
+    unestimated,
+    weight_problem,
+    withdraw_contradicted,
+)
 from .model import cuda_devices
 from .results import Estimate, LayerReport, LipschitzReport, NetworkBound
 
@@ -59,6 +66,17 @@ def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_We
     return out, notes
 
 
+def _is_weight(t: _Weight) -> bool:
+    """A 2-5 axis tensor that holds (or stands for) a layer's weight: floating point (float8 and
+    meta too), complex, int8 or quantized; those paranorm cannot compute with are reported as
+    such. Other integer and bool tensors (indices, masks, counters) are not weights."""
+    if t.value is None:
+        return True
+    w = t.value
+    weight_like = w.is_floating_point() or w.is_complex() or w.is_quantized or w.dtype == torch.int8
+    return weight_like and 2 <= w.ndim <= 5
+
+
 @entry_point("state_dict_report")
 def state_dict_report(
     state_dict: Mapping[str, Any],
@@ -67,6 +85,7 @@ def state_dict_report(
     methods: Sequence[str] = DEFAULT_METHODS,
     seed: int = 0,
     on_layer: Callable[[int, int, str], None] | None = None,
+    allow_large: bool = False,
 ) -> LipschitzReport:
     """Report what the tensors of a checkpoint alone tell about sigma, and say what they cannot.
 
@@ -79,6 +98,13 @@ def state_dict_report(
     zero or circular padding, or reading it as the ConvTranspose that holds it, can only lower
     the true sigma below it. It does not cover reflect or replicate padding. No network bound:
     a state_dict does not say how its layers connect.
+
+    A tensor that cannot be measured is a layer whose estimates are n/a with the reason, not
+    a failure of the report: an int8, complex, float8, quantized, sparse or meta weight (the
+    reason names it and the conversion to make), an empty one ("empty weight"), one holding
+    NaN or inf, or a normalized group whose effective weight cannot be computed (0/0, past its
+    dtype's range). A certified value below a lower estimate of the same operator is withdrawn
+    (n/a, "not certified"). ``allow_large``: as for :func:`paranorm.sigma`'s cost limits.
 
     Example:
         >>> import torch, paranorm as pn
@@ -97,14 +123,12 @@ def state_dict_report(
     }
     weights, notes = _effective_weights(tensors)
 
-    def is_weight(t: _Weight) -> bool:
-        return t.value is None or (t.value.is_floating_point() and 2 <= t.value.ndim <= 5)
-
-    skipped = [t.name for t in weights if not is_weight(t)]
-    weights = [t for t in weights if is_weight(t)]
+    skipped = [t.name for t in weights if not _is_weight(t)]
+    weights = [t for t in weights if _is_weight(t)]
     if skipped:
         notes.append(
-            f"{len(skipped)} tensors skipped (biases, scales, statistics: not 2-5 axis floating weights)"
+            f"{len(skipped)} tensors skipped (biases, scales, statistics, indices: not 2-5 axis "
+            "floating, int8, quantized or complex weights)"
         )
     other = len(state_dict) - len(tensors)
     if other:
@@ -128,6 +152,11 @@ def state_dict_report(
                 continue
             is_matrix = w.ndim == 2
             kind = "Linear" if is_matrix else f"Conv{w.ndim - 2}d/ConvT{w.ndim - 2}d"
+            problem = weight_problem(repr(t.name), w)
+            if problem is not None:
+                estimates = unestimated(methods, None, problem)
+                layers.append(LayerReport(t.name, kind, tuple(w.shape), None, t.layout, estimates, -1))
+                continue
             estimates = {}
             for column in methods:
                 method = "gram" if column == "bound" else column
@@ -136,7 +165,8 @@ def state_dict_report(
                     estimates[column] = Estimate(method, None, None, None, why)
                     continue
                 options = {"dim": t.dim} if method == "reshape" and t.dim is not None else {}
-                estimates[column] = estimate(w, method, **options)
+                estimates[column] = estimate(w, method, allow_large=allow_large, **options)
+            estimates = withdraw_contradicted(estimates, is_matrix, w.dtype)
             layers.append(LayerReport(t.name, kind, tuple(w.shape), None, t.layout, estimates, -1))
             if on_layer is not None:
                 on_layer(i + 1, len(weights), t.name)

@@ -3,11 +3,19 @@
 Pure functions over state dicts (no module needed), for loaders that rename keys themselves
 (Hugging Face, HiFi-GAN and EnCodec checkpoints) and for ``paranorm convert``. The plain layout
 is the effective weight: g v / ||v|| (Salimans & Kingma 2016) or W / (u^T W v) (Miyato et al.
-2018), computed as torch computes them in eval mode.
+2018), computed as torch computes them in eval mode, bit for bit, wherever torch's float
+computation is correct. Where it is not (the squares of ||v|| overflow or underflow, u^T W v
+overflows or is lost to underflow, the quotient overflows), the weight is computed in float64
+on operands scaled by powers of two (exact) and cast back; a weight that is 0/0 (a zero slice
+of v, u^T W v = 0) or past the largest number of the stored dtype is refused, never written
+as NaN or inf. Tensors holding NaN or inf are refused where a weight is computed from them;
+a change of layout (a renaming) passes them through unchanged, with a CheckpointWarning.
+Empty tensors give empty weights of the right shape (torch's kernel would divide by zero).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -19,7 +27,9 @@ import torch.nn.functional as F
 
 from .._errors import CheckpointError, entry_point
 from .._normalization import Kind
+from .._sigma.checks import unsupported_reason
 from .._sigma.matrix import weight_to_matrix
+from .._sigma.scale import accumulation_dtype, plain_norm_range, pow2_floor, pow2_scale
 from .._torch_compat import weight_norm_kernel
 from .detect import Group, candidate_dims, groups, wn_dims
 from .layouts import LAYOUTS, Layout, legacy_keys, parametrization_keys, solve_version0_v
@@ -63,6 +73,8 @@ class Effective:
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """cos(a, b) in float64, NaN when a or b holds NaN or inf (no evidence either way)."""
+    a, b = a / pow2_scale(a), b / pow2_scale(b)  # exact; no overflow in the norms
     return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300))
 
 
@@ -103,18 +115,23 @@ def resolve_sn_dim(group: Group, state_dict: Mapping[str, Any], dims: Mapping[st
     # The power method leaves u = W v/|W v| (legacy's last step) or v = W^T u/|W^T u|
     # (parametrizations' last step) for the true dim; a wrong reshape breaks both.
     v = state_dict[group.roles["v"]].double()
+    unit = weight.detach().double()
+    unit = unit / pow2_scale(unit)  # exact, and W v cannot overflow
     scores = {}
     for dim in candidates:
-        matrix = weight_to_matrix(weight.detach().double(), int(dim))  # type: ignore[arg-type]
+        matrix = weight_to_matrix(unit, int(dim))  # type: ignore[arg-type]
         scores[dim] = max(_cosine(u.double(), matrix @ v), _cosine(v, matrix.t() @ u.double()))
-    ranked = sorted(scores, key=lambda d: -scores[d])
+    # A NaN cosine (NaN or inf in W, u or v) is no evidence: it ranks last and blocks a choice.
+    ranked = sorted(scores, key=lambda d: -scores[d] if math.isfinite(scores[d]) else math.inf)
     best, rival = ranked[0], ranked[1]
-    if scores[best] < _HOLDS or scores[rival] > _RIVAL:
+    unreadable = not all(math.isfinite(s) for s in scores.values())
+    if unreadable or scores[best] < _HOLDS or scores[rival] > _RIVAL:
         found = ", ".join(f"dim {d}: {scores[d]:.4f}" for d in ranked)
+        why = " (W, u or v holds NaN or inf)" if unreadable else ""
         raise CheckpointError(
             f"{group.base!r}: the spectral norm's dim is ambiguous from the shapes (any of "
             f"{list(candidates)}), and u, v do not single one out (cosine of u with W v: "
-            f"{found}). {_dim_hint(group.base)}"
+            f"{found}{why}). {_dim_hint(group.base)}"
         )
     detail = (
         f"u = W v/|W v| holds to cosine {scores[best]:.6f} for dim {best}, {scores[rival]:.4f} "
@@ -139,17 +156,216 @@ def _sn_v(group: Group, state_dict: Mapping[str, Any], dims: Mapping[str, int | 
     weight = state_dict[group.roles["weight"]]
     if weight.ndim <= 1:
         return torch.ones(1, dtype=weight.dtype, device=weight.device), []
+    _check_readable(group, state_dict, ("weight", "stored", "u"))
+    _check_finite(group, state_dict, ("weight", "stored", "u"))
+    if weight.numel() == 0:
+        raise CheckpointError(
+            f"{group.base!r}: a version-0 legacy spectral norm of an empty weight "
+            f"{tuple(weight.shape)} has no v to derive; drop the layer, then convert."
+        )
     resolved = resolve_sn_dim(group, state_dict, dims)
     note = (
         f"{group.base!r}: version-0 legacy spectral norm; v derived from the stored W, W_orig "
         "and u as torch's loader does (least squares, rescaled so that u^T W_orig v = sigma)."
     )
     v = solve_version0_v(weight, state_dict[group.roles["stored"]], state_dict[group.roles["u"]], resolved.dim)
+    if v.device.type != "meta" and not _all_finite(v):
+        raise CheckpointError(
+            f"{group.base!r}: the v implied by this version-0 legacy spectral norm is not finite "
+            f"(its stored {group.roles['stored']!r} has zeros where {group.roles['weight']!r} "
+            "has not, or u is orthogonal to W). Convert it with torch's own loader instead: load "
+            "it into a model with torch.nn.utils.spectral_norm, then save its state_dict."
+        )
     return v, [*_dim_note(group, resolved), note]
 
 
+def _check_readable(group: Group, state_dict: Mapping[str, Any], roles: tuple[str, ...]) -> None:
+    """Raise unless the tensors of ``roles`` are dense float16/bfloat16/float32/float64 ones
+    (meta passes: the weight's shape is all that is asked of it)."""
+    for role in roles:
+        key = group.roles[role]
+        reason = unsupported_reason(state_dict[key], allow_meta=True)
+        if reason is not None:
+            raise CheckpointError(f"{group.base!r}: {key!r} {reason}.")
+
+
+def _non_finite(t: torch.Tensor) -> int:
+    """How many entries of ``t`` are NaN or infinite (0 for a meta tensor, which has none)."""
+    if t.device.type == "meta" or t.numel() == 0:
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
+def _check_finite(group: Group, state_dict: Mapping[str, Any], roles: tuple[str, ...]) -> None:
+    """Raise if a tensor the plain weight is computed from holds NaN or inf."""
+    for role in roles:
+        key = group.roles[role]
+        bad = _non_finite(state_dict[key])
+        if bad:
+            raise CheckpointError(
+                f"{group.base!r}: {key!r} holds {bad} NaN or infinite entries, so its plain "
+                "weight would not be a number there. Restore finite values (e.g. from an "
+                "earlier checkpoint), or keep the layer in a normalized layout."
+            )
+
+
+def _slice_max(v: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """max |v| over every axis but ``dim`` (kept-dim shape, like g), or over all of v."""
+    magnitude = v.abs()
+    if dim is None:
+        return magnitude.amax().reshape([1] * v.ndim)
+    others = [d for d in range(v.ndim) if d != dim]
+    return magnitude.amax(dim=others, keepdim=True) if others else magnitude
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _storable(base: str, value: torch.Tensor, dtype: torch.dtype, what: str = "its plain weight") -> torch.Tensor:
+    """``value`` (float64) cast to ``dtype``, or an error if that makes it infinite."""
+    out = value.to(dtype)
+    if not _all_finite(out):
+        peak = float(value.abs().amax())
+        raise CheckpointError(
+            f"{base!r}: {what} reaches {peak:.4g}, past the largest {dtype} "
+            f"({torch.finfo(dtype).max:.4g}), so it cannot be stored as {dtype}. Cast the "
+            "checkpoint's tensors to float64 first, or keep the layer in a normalized layout."
+        )
+    return out
+
+
+def _times_pow2(x: torch.Tensor, exponent: int) -> torch.Tensor:
+    """x 2^exponent in float64, in factors a float64 holds (each product exact unless it
+    over- or underflows; the factors all scale one way, so none overflows before the last)."""
+    while exponent:
+        step = max(-1000, min(1000, exponent))
+        x = x * 2.0**step
+        exponent -= step
+    return x
+
+
+def _exponent(power_of_two: torch.Tensor) -> int:
+    """k for a 0-dim tensor holding exactly 2^k."""
+    return math.frexp(float(power_of_two))[1] - 1
+
+
+def _weight_norm_in_torch_range(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> bool:
+    """Whether torch's kernel squares v's entries without overflow or significant underflow
+    (:func:`paranorm._sigma.scale.plain_norm_range`), so that its weight is correct."""
+    if g.dtype != v.dtype:
+        return False  # torch's kernel takes one dtype; the module would cast on load
+    top = _slice_max(v, dim)
+    low, high = plain_norm_range(v.dtype, v.numel() // max(top.numel(), 1))
+    return bool(top.min() >= low) and bool(top.max() <= high)
+
+
+def _weight_norm_float64(group: Group, g: torch.Tensor, v: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """g v / ||v|| in float64 with each slice of v divided by a power of two near its largest
+    entry (exact), so that ||v|| neither overflows nor underflows; cast to v's dtype."""
+    v64 = v.detach().double()
+    top = _slice_max(v64, dim)
+    zero = top == 0
+    if bool(zero.any()):
+        where = "the whole tensor" if dim is None else f"{int(zero.sum())} slice(s) along dim={dim}"
+        raise CheckpointError(
+            f"{group.base!r}: {group.roles['v']!r} is all zeros over {where}, so g v/||v|| is "
+            "0/0 there (torch computes NaN). A zero direction has no weight-normalized value: "
+            "restore the layer's weights from an earlier checkpoint, or drop the layer."
+        )
+    unit = v64 / pow2_floor(top)
+    norm = torch.norm_except_dim(unit, 2, -1 if dim is None else dim)
+    return _storable(group.base, unit / norm * g.detach().double(), v.dtype)
+
+
+def weight_norm_plain(group: Group, g: torch.Tensor, v: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """g v / ||v||: torch's kernel bit for bit where it is correct (:func:`_weight_norm_in_torch_range`,
+    and a finite result), else :func:`_weight_norm_float64`."""
+    if v.numel() == 0:
+        return v.detach().clone()  # torch._weight_norm divides by zero on an empty tensor
+    torch_dim = -1 if dim is None else dim
+    if v.device.type == "meta":
+        return weight_norm_kernel(v, g, torch_dim)  # shapes only
+    if _weight_norm_in_torch_range(g, v, dim):
+        out = weight_norm_kernel(v, g, torch_dim)
+        if _all_finite(out):
+            return out
+    return _weight_norm_float64(group, g, v, dim)
+
+
+def _as_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    # legacy keeps u, v for a 1-D weight too, viewed as a column
+    return weight_to_matrix(weight, dim) if weight.ndim > 1 else weight.reshape(-1, 1)
+
+
+def _spectral_in_torch_range(sigma: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch's u^T W v is correct to rounding: finite (an overflow anywhere makes it
+    inf or NaN), and far enough above the underflow threshold that the products lost to it
+    (each at most half a subnormal ulp) do not matter, nor its rounding to weight's dtype."""
+    if not _all_finite(sigma):
+        return False
+    floor = max(
+        4.0 * weight.numel() * torch.finfo(accumulation_dtype(weight.dtype)).tiny,
+        torch.finfo(weight.dtype).tiny,
+    )
+    return abs(float(sigma)) >= floor
+
+
+def _spectral_float64(group: Group, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """W / (u^T W v) in float64 on W, u and v each divided by a power of two near its largest
+    entry (exact): W / sigma = W_1 / (u_1^T W_1 v_1 c_u c_v), with the powers of two applied
+    last as exponents. Refuses sigma = 0 (0/0 or inf)."""
+    unit = _as_matrix(weight.detach().double(), dim)
+    unit = unit / pow2_scale(unit)
+    u64, v64 = u.detach().double(), v.detach().double()
+    c_u, c_v = pow2_scale(u64), pow2_scale(v64)
+    s = torch.vdot(u64 / c_u, torch.mv(unit, v64 / c_v))
+    if float(s) == 0:
+        raise CheckpointError(
+            f"{group.base!r}: sigma = u^T W v is 0 ({group.roles['u']!r} and "
+            f"{group.roles['v']!r} are zero or orthogonal to W), so W / sigma is not a number. "
+            "The stored power-iteration vectors are unusable: restore them from an earlier "
+            "checkpoint, or load the layer into torch's spectral_norm and run one training "
+            "forward to re-estimate them, then save and convert."
+        )
+    mantissa, exponent = math.frexp(float(s))  # s = 2 mantissa 2^(exponent - 1), exactly
+    out = _times_pow2(unit / (2 * mantissa), -(exponent - 1) - _exponent(c_u) - _exponent(c_v))
+    return _storable(group.base, out.reshape(weight.shape) if weight.ndim > 1 else out.reshape(-1), weight.dtype)
+
+
+def spectral_norm_plain(group: Group, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
+    """W / (u^T W v): torch's eval-mode computation bit for bit where it is correct
+    (:func:`_spectral_in_torch_range`, and a finite result), else :func:`_spectral_float64`."""
+    if weight.numel() == 0:
+        return weight.detach().clone()  # W / sigma of an empty weight: empty
+    if weight.device.type != "meta" and not weight.dtype == u.dtype == v.dtype:
+        return _spectral_float64(group, weight, u, v, dim)
+    if weight.ndim > 1:
+        sigma = torch.vdot(u, torch.mv(weight_to_matrix(weight, dim), v))
+    else:  # legacy keeps u, v for a 1-D weight too, viewed as a column
+        sigma = torch.dot(u, weight * v)
+    if weight.device.type == "meta":
+        return weight / sigma  # shapes only
+    if _spectral_in_torch_range(sigma, weight):
+        out = weight / sigma
+        if _all_finite(out):
+            return out
+    return _spectral_float64(group, weight, u, v, dim)
+
+
 def effective_weight(group: Group, state_dict: Mapping[str, Any], dims: Mapping[str, int | None]) -> Effective:
-    """The weight the source framework computes in eval mode for a normalized ``group``."""
+    """The weight the source framework computes in eval mode for a normalized ``group``.
+
+    Bit for bit torch's where its float computation is correct; computed in float64 on
+    power-of-two scaled operands where it is not (see the module docstring). Empty tensors
+    give an empty weight of the right shape.
+
+    Raises:
+        CheckpointError: an inconsistent group, a tensor that is not a dense float tensor
+            (int8, complex, float8, sparse), NaN or inf in a tensor the weight is computed
+            from, a weight that is 0/0 (a zero slice of v, u^T W v = 0), a weight past the
+            largest number of its dtype, or a spectral dim that cannot be read.
+    """
     if group.kind == "weight_norm":
         g, v = state_dict[group.roles["g"]], state_dict[group.roles["v"]]
         candidates = wn_dims(g, v)
@@ -159,11 +375,12 @@ def effective_weight(group: Group, state_dict: Mapping[str, Any], dims: Mapping[
                 "g must be a norm over every axis of v but one (or a scalar). The checkpoint is "
                 "inconsistent."
             )
+        _check_readable(group, state_dict, ("g", "v"))
+        _check_finite(group, state_dict, ("g", "v"))
         # Every candidate gives the same weight: an ambiguous g is all ones in shape, so each
         # candidate axis has size 1 in v and the norm covers all of v either way.
-        dim = candidates[0]
         with torch.no_grad():
-            return Effective(weight_norm_kernel(v, g, -1 if dim is None else dim))
+            return Effective(weight_norm_plain(group, g, v, candidates[0]))
     if group.kind != "spectral_norm":
         raise CheckpointError(
             f"{group.base!r} carries a parametrization that is neither weight nor spectral norm "
@@ -172,27 +389,68 @@ def effective_weight(group: Group, state_dict: Mapping[str, Any], dims: Mapping[
             "state_dict instead."
         )
     if "stored" in group.roles:
+        _check_readable(group, state_dict, ("stored",))
+        _check_finite(group, state_dict, ("stored",))
         return Effective(state_dict[group.roles["stored"]])  # version 0 used the stored W in eval mode
     weight, u, v = (state_dict[group.roles[r]] for r in ("weight", "u", "v"))
+    _check_readable(group, state_dict, ("weight", "u", "v"))
+    if weight.numel() == 0:
+        return Effective(weight.detach().clone())  # empty: every dim gives the same (nothing)
     resolved = resolve_sn_dim(group, state_dict, dims)
+    _check_finite(group, state_dict, ("weight", "u", "v"))
     with torch.no_grad():
-        if weight.ndim > 1:
-            sigma = torch.vdot(u, torch.mv(weight_to_matrix(weight, resolved.dim), v))
-        else:  # legacy keeps u, v for a 1-D weight too, viewed as a column
-            sigma = torch.dot(u, weight * v)
-        return Effective(weight / sigma, resolved, _dim_note(group, resolved))
+        value = spectral_norm_plain(group, weight, u, v, resolved.dim)
+        return Effective(value, resolved, _dim_note(group, resolved))
+
+
+def _check_plain_to_normalize(base: str, weight: torch.Tensor) -> None:
+    """Raise unless ``weight`` is a dense float tensor with entries, all finite."""
+    reason = unsupported_reason(weight, allow_meta=True)
+    if reason is not None:
+        raise CheckpointError(f"{base!r} {reason}.")
+    if weight.numel() == 0:
+        raise CheckpointError(
+            f"{base!r} is empty (shape {tuple(weight.shape)}): there is nothing to normalize "
+            "(and torch's norm kernels divide by zero on it). Leave it plain."
+        )
+    bad = _non_finite(weight)
+    if bad:
+        raise CheckpointError(
+            f"{base!r} holds {bad} NaN or infinite entries; its norm is not a number. Restore "
+            "finite values (e.g. from an earlier checkpoint) before normalizing it."
+        )
+
+
+def _weight_norm_g(base: str, weight: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, bool]:
+    """(g = ||w|| over every axis but ``dim``, whether torch's kernel computes it correctly):
+    torch's norm_except_dim bit for bit where the squares are in range, else the norm of each
+    slice scaled by a power of two in float64, cast back (an error if that overflows)."""
+    torch_dim = -1 if dim is None else dim
+    if weight.device.type == "meta":
+        return torch.norm_except_dim(weight, 2, torch_dim), True
+    top = _slice_max(weight, dim)
+    low, high = plain_norm_range(weight.dtype, weight.numel() // max(top.numel(), 1))
+    nonzero = top[top > 0]
+    if nonzero.numel() == 0 or (bool(nonzero.min() >= low) and bool(top.max() <= high)):
+        return torch.norm_except_dim(weight, 2, torch_dim), True
+    top64 = _slice_max(weight.detach().double(), dim)
+    scale = pow2_floor(top64)
+    unit_norm = torch.norm_except_dim(weight.detach().double() / scale, 2, torch_dim)
+    norm = (unit_norm * scale).reshape(unit_norm.shape)
+    return _storable(base, norm, weight.dtype, "its norm g"), False
 
 
 def _normalize_plain(
     base: str, kind: Kind, weight: torch.Tensor, dims: Mapping[str, int | None]
 ) -> tuple[dict[str, torch.Tensor], str]:
     """Roles of a plain weight newly normalized, and a note on what was derived."""
+    _check_plain_to_normalize(base, weight)
     if kind == "weight_norm":
         dim = dims.get(base, 0)
         if dim is not None and not -weight.ndim <= dim < max(weight.ndim, 1):
             raise CheckpointError(f"dims[{base!r}]={dim} is out of range for weight {tuple(weight.shape)}.")
         torch_dim = -1 if dim is None else dim % max(weight.ndim, 1)
-        g = torch.norm_except_dim(weight, 2, torch_dim)
+        g, in_range = _weight_norm_g(base, weight, None if dim is None else torch_dim)
         if weight.device.type != "meta" and bool((g == 0).any()):
             raise CheckpointError(
                 f"{base!r} has a slice of zero norm along dim={dim}; g v/|v| would be NaN there. "
@@ -202,6 +460,11 @@ def _normalize_plain(
             f"{base!r}: g = ||w|| derived from the plain weight (dim={dim}"
             f"{'' if base in dims else ', torch default'}); g v/|v| reproduces it."
         )
+        if not in_range:
+            note += (
+                f" Its magnitudes are outside the range in which torch's weight_norm kernel "
+                f"squares {weight.dtype} entries correctly: evaluate it in float64."
+            )
         return {"g": g, "v": weight}, note
     if weight.ndim > 2 and base not in dims:
         raise CheckpointError(
@@ -221,15 +484,32 @@ def _normalize_plain(
         matrix = weight_to_matrix(weight.detach().double(), dim % max(weight.ndim, 1))
     else:
         matrix = weight.double().reshape(-1, 1)
-    left, values, right = torch.linalg.svd(matrix, full_matrices=False)
+    scale = pow2_scale(matrix)  # the singular vectors of W / 2^k are W's; no overflow in the SVD
+    left, values, right = torch.linalg.svd(matrix / scale, full_matrices=False)
     u = F.normalize(left[:, 0], dim=0).to(weight.dtype)
     v = F.normalize(right[0], dim=0).to(weight.dtype)
     note = (
         f"{base!r}: u, v derived as the exact top singular vectors of the plain weight "
-        f"(dim={dim}, sigma={float(values[0]):.6g}); the layer computes W / sigma, which equals "
-        f"the plain weight only when sigma is 1."
+        f"(dim={dim}, sigma={float(values[0]) * float(scale):.6g}); the layer computes W / sigma, "
+        "which equals the plain weight only when sigma is 1."
     )
     return {"weight": weight, "u": u, "v": v}, note
+
+
+def _passed_through_notes(group: Group, state_dict: Mapping[str, Any]) -> list[str]:
+    """Notes on the tensors of a group kept as they are that hold NaN or inf: a change of
+    layout renames keys and computes nothing, so it passes them on, but says so."""
+    notes = []
+    for key in group.roles.values():
+        value = state_dict[key]
+        bad = _non_finite(value) if unsupported_reason(value, allow_meta=True) is None else 0
+        if bad:
+            notes.append(
+                f"{group.base!r}: {key!r} holds {bad} NaN or infinite entries, passed through "
+                "unchanged (a change of layout only renames keys); a model that loads it computes "
+                "a non-finite weight. Restore finite values from an earlier checkpoint."
+            )
+    return notes
 
 
 def _emit(kind: Kind, base: str, roles: Mapping[str, torch.Tensor], to: Layout) -> list[tuple[str, torch.Tensor]]:
@@ -283,16 +563,18 @@ def _converted(
     if group.kind is None or (group.layout == to and "stored" not in group.roles):
         if group.kind is None and group.layout == "parametrizations" and to == "plain":
             effective_weight(group, state_dict, dims)  # raises: not ours to evaluate
-        return [(k, state_dict[k]) for k in group.roles.values()], []
+        notes = _passed_through_notes(group, state_dict) if group.kind is not None else []
+        return [(k, state_dict[k]) for k in group.roles.values()], notes
     if to == "plain":
         effective = effective_weight(group, state_dict, dims)
         return [(group.base, effective.value)], effective.notes
     if group.kind == "weight_norm":
         roles = {r: state_dict[group.roles[r]] for r in ("g", "v")}
-        return _emit("weight_norm", group.base, roles, to), []
+        return _emit("weight_norm", group.base, roles, to), _passed_through_notes(group, state_dict)
     weight = state_dict[group.roles["weight"]]
     roles = {"weight": weight, "u": state_dict[group.roles["u"]]}
     v, notes = _sn_v(group, state_dict, dims)
+    notes = _passed_through_notes(group, state_dict) + notes
     if v is not None:
         roles["v"] = v
     if weight.ndim <= 1 and to == "parametrizations":
