@@ -24,7 +24,10 @@ import paranorm as pn
 from paranorm import _demo as demo
 from paranorm.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+#: The page that shows the demo's output.
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 STEPS = 25
 SEED = 3
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -240,8 +243,8 @@ def test_a_read_only_plot_is_not_replaced(result: demo.DemoResult, tmp_path) -> 
     assert target.read_bytes() == b"keep"
 
 
-def _readme_block(after: str, fence: str) -> str:
-    text = README.read_text(encoding="utf-8")
+def _block(page: Path, after: str, fence: str) -> str:
+    text = page.read_text(encoding="utf-8")
     text = text[text.index(after) :]
     start = text.index(fence) + len(fence)
     return text[start : text.index("```", start)]
@@ -257,10 +260,10 @@ def _words_and_numbers(text: str) -> tuple[list[str], list[float]]:
     return words, [float(x) for x in NUMBER.findall(text)]
 
 
-def test_readme_output_is_a_real_default_run() -> None:
-    # The README pastes `paranorm demo --plot docs/demo.png`; rerun it (80 columns, as piped).
-    # Numbers to 1e-3 relative: another CPU may round the last bits of a float differently.
-    block = _readme_block("The output of `paranorm demo --plot docs/demo.png`", "```text\n")
+def test_the_docs_output_is_a_real_default_run() -> None:
+    # Getting started pastes `paranorm demo --plot docs/demo.png`; rerun it (80 columns, as
+    # piped). Numbers to 1e-3 relative: another CPU may round the last bits of a float differently.
+    block = _block(GETTING_STARTED, "The output of `paranorm demo --plot docs/demo.png`", "```text\n")
     last = block.rstrip("\n").splitlines()[-1]
     assert last == "plot written to docs/demo.png"
     buffer = io.StringIO()
@@ -273,6 +276,6 @@ def test_readme_output_is_a_real_default_run() -> None:
 
 def test_readme_quick_start_runs(tmp_path, capsys) -> None:
     script = tmp_path / "quick_start.py"
-    script.write_text(_readme_block("## Quick start", "```python\n"), encoding="utf-8")
+    script.write_text(_block(README, "## Quick start", "```python\n"), encoding="utf-8")
     runpy.run_path(str(script))
     assert "weight_norm" in capsys.readouterr().out

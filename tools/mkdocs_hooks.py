@@ -104,29 +104,20 @@ def _command(meta: dict[str, Any]) -> str:
     return " ".join(parts) + " --json PATH"
 
 
-def _summary_lines(summary: dict[str, Any]) -> list[str]:
-    """A few lines of the report's summary: the overhead shares and what the A/A check says."""
-    lines = []
-    for norm in ("weight_norm", "spectral_norm"):
-        s = summary.get(norm)
-        if not s:
-            continue
-        share, paired = s.get("median_overhead_share_best"), s.get("median_paired_share_best")
-        parts = []
-        if share is not None:
-            parts.append(f"median share of torch's overhead {share:.2f} (of minima)")
-        if paired is not None:
-            parts.append(f"{paired:.2f} (round-paired)")
-        if s.get("default_path_interval_misses_1"):
-            parts.append(f"A/A check: the default path's interval misses 1 in {s['default_path_interval_misses_1']} cases")
-        if s.get("peak_memory_not_above_torch"):
-            parts.append(f"peak memory not above torch's in {s['peak_memory_not_above_torch']} cases")
-        lines.append(f"- {norm}: " + "; ".join(parts) + ".")
-    folded = summary.get("eval_folded_over_plain")
-    if folded:
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    """The report's summary in the sentences ``paranorm bench`` prints, and the A/A check."""
+    from paranorm._bench.tables import summary_lines
+
+    lines = [f"- {line}" for line in summary_lines(report)]
+    checks = [
+        f"{norm.replace('_', ' ')} {s['default_path_interval_misses_1']}"
+        for norm, s in report.get("summary", {}).items()
+        if isinstance(s, dict) and "default_path_interval_misses_1" in s
+    ]
+    if checks:
         lines.append(
-            f"- eval forward after `pn.fold`: {folded['min']:.2f}-{folded['max']:.2f}x the plain "
-            f"layer (median {folded['median']:.2f})."
+            "- A/A check: the default path's paired interval (its true share is 1) misses 1 in "
+            + " and ".join(checks) + " cases; an 80% interval misses by chance in about 1 case of 5."
         )
     return lines
 
@@ -152,7 +143,7 @@ def render_report(report: dict[str, Any], date: str, device: str, source: str) -
         f"{meta.get('repeats', '?')} interleaved samples after {meta.get('warmup', '?')} warm-up "
         f"rounds. Made by `{_command(meta)}`; the file is `{source}`.\n",
     ]
-    summary = _summary_lines(report.get("summary", {}))
+    summary = _summary_lines(report)
     if summary:
         lines += ["\n".join(summary) + "\n"]
     lines += [markdown_table(report) + "\n"]

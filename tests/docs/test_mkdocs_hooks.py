@@ -64,6 +64,8 @@ def _report(command: str | None, device: str = "cpu") -> dict:
         "spectral_norm": {
             "median_overhead_share_best": 0.25, "median_paired_share_best": 0.25,
             "default_path_interval_misses_1": "0/1", "peak_memory_not_above_torch": "1/1",
+            "paired_share_interval_at_most_half": "1/1", "paired_share_interval_above_half": "0/1",
+            "max_fast_over_torch": 0.4, "worst_case": "linear-1024-1024-b1",
         },
         "eval_folded_over_plain": {"min": 1.0, "median": 1.0, "max": 1.0},
     }
@@ -104,8 +106,8 @@ def test_the_latest_file_of_each_device_is_rendered_with_its_date_and_command(tm
     # A report without a recorded command (an older suite) gets one rebuilt from its meta.
     assert "`python benchmarks/suite.py --device cuda:0 --json PATH`" in text
     assert "load average 0.5 before, 1.25 after" in text
-    assert "- spectral_norm: median share of torch's overhead 0.25 (of minima); 0.25 (round-paired)" in text
-    assert "the default path's interval misses 1 in 0/1 cases" in text
+    assert "- spectral norm: paranorm's best path leaves 0.25x of torch's overhead" in text
+    assert "misses 1 in spectral norm 0/1 cases" in text
 
 
 def test_the_performance_page_has_the_marker_the_hook_replaces():
