@@ -163,6 +163,7 @@ def test_spectral_norm_accepts_dim_minus_one_as_the_last_axis():
         (1.5, "n_power_iterations must be an int, got 1.5 for Linear.weight"),
         (True, "n_power_iterations must be an int, got True"),
         ("3", "n_power_iterations must be an int, got '3'"),
+        (10**9, "n_power_iterations must be at most 10000 (steps on every training forward), got 1000000000"),
     ],
 )
 def test_bad_n_power_iterations(n, fragment):
@@ -174,7 +175,7 @@ def test_bad_n_power_iterations(n, fragment):
 
 
 @pytest.mark.parametrize("norm", sorted(NORMS))
-@pytest.mark.parametrize("eps", [-1e-12, -1, math.nan, "1e-12", None])
+@pytest.mark.parametrize("eps", [-1e-12, -1, math.nan, math.inf, "1e-12", None])
 def test_bad_eps(norm, eps):
     check_refused(
         nn.Linear(2, 3),
@@ -206,7 +207,7 @@ def test_weight_norm_all_zero_with_dim_none():
     )
 
 
-@pytest.mark.parametrize("coeff", [0, -1.0, math.nan, True, "0.5"])
+@pytest.mark.parametrize("coeff", [0, -1.0, math.nan, math.inf, True, "0.5"])
 def test_bad_coeff(coeff):
     check_refused(
         nn.Linear(2, 3),

@@ -6,21 +6,32 @@ Messages carry no prefix: the public function that called the check adds its nam
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.parameter import UninitializedParameter
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrize import type_before_parametrizations
 
 from ._errors import AlreadyNormalizedError, ParanormError
 from ._normalization import find_normalization
+from ._sigma.checks import unsupported_reason
+from ._sigma.scale import plain_norm_range
 
 __all__ = [
     "check_dim",
     "check_eps",
     "check_normalizable",
     "check_not_sharded",
+    "check_plain_range",
     "is_sharded",
     "label",
+    "plain_range_problem",
+    "refuse_out_of_range_loads",
+    "slice_max",
     "tensor_names",
 ]
 
@@ -103,11 +114,20 @@ def check_normalizable(module: nn.Module, name: str, norm: str) -> torch.Tensor:
             "(or module.initialize_parameters(...)) first, then normalize."
         )
     check_not_sharded(module, name, norm, tensor)
-    if not tensor.is_floating_point():
+    if not tensor.is_floating_point() and not tensor.is_complex() and not tensor.is_quantized:
         raise ParanormError(
             f"{where} has dtype {tensor.dtype}; only floating-point tensors can be "
             f"normalized. Convert it first (module.float() skips integer tensors; for a buffer: "
             f"module.{name} = module.{name}.float()), or pass name= of a floating-point tensor."
+        )
+    reason = unsupported_reason(tensor, allow_meta=True)  # float8, complex, sparse, quantized
+    if reason is not None:
+        raise ParanormError(f"{where} {reason}, then normalize.")
+    if tensor.numel() == 0:
+        raise ParanormError(
+            f"{where} is empty (shape {tuple(tensor.shape)}): there is nothing to normalize, "
+            "and torch's norm kernels divide by zero on an empty tensor. Give the layer at "
+            f"least one input and one output feature, or leave it without {norm}."
         )
     if tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
@@ -132,10 +152,115 @@ def check_dim(module: nn.Module, name: str, dim: int, ndim: int) -> int:
 
 
 def check_eps(module: nn.Module, name: str, eps: float) -> float:
-    """Return ``eps`` as a float after checking it is a non-negative number."""
+    """Return ``eps`` as a float after checking it is a finite, non-negative number."""
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
         raise ParanormError(
             f"eps must be a non-negative number, got eps={eps!r} for "
             f"{label(module, name)}. Use e.g. eps=1e-12."
         )
+    if not math.isfinite(eps):
+        raise ParanormError(
+            f"eps must be a non-negative number, got eps={eps!r} for {label(module, name)}: "
+            "it must be finite too (an infinite floor on the norm makes every normalized "
+            "weight 0). Use e.g. eps=1e-12."
+        )
     return float(eps)
+
+
+def slice_max(tensor: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """max |t| per slice along ``dim`` (over every other axis), or of the whole tensor."""
+    magnitude = tensor.detach().abs()
+    if dim is None:
+        return magnitude.amax().reshape(1)
+    others = [d for d in range(tensor.ndim) if d != dim]
+    return magnitude.amax(dim=others).reshape(-1) if others else magnitude.reshape(-1)
+
+
+def plain_range_problem(
+    tensor: torch.Tensor, dim: int | None, *, whole: bool = False, floor: float = 0.0
+) -> str | None:
+    """Why torch's unscaled norm kernels would compute a wrong or non-finite norm of
+    ``tensor``'s slices along ``dim`` (all of it for None), or None.
+
+    Each slice's largest entry must lie in :func:`paranorm._sigma.scale.plain_norm_range` for
+    the slice's size (``whole``: the whole tensor's size, for the power step of spectral norm,
+    whose squared norms reach sigma^2 <= numel max^2), and above ``floor`` (spectral norm's
+    eps: F.normalize divides by max(norm, eps)). Zero slices are not judged here. One pass
+    over the tensor, one host sync: for registration and loading, not for the forward.
+    """
+    if tensor.device.type == "meta" or tensor.numel() == 0:
+        return None
+    top = slice_max(tensor, dim).double()
+    if not bool(torch.isfinite(top).all()):
+        return "holds NaN or infinite entries"
+    n = tensor.numel() if whole or dim is None else tensor.numel() // tensor.shape[dim]
+    low, high = plain_norm_range(tensor.dtype, n)
+    low = max(low, floor)
+    nonzero = top[top > 0]
+    smallest = float(nonzero.min()) if nonzero.numel() else None
+    largest = float(top.max())
+    if largest <= high and (smallest is None or smallest >= low):
+        return None
+    if largest > high or dim is None:
+        found = f"largest entry {largest:.3g}"
+    else:
+        found = f"a slice along dim={dim} whose largest entry is {smallest:.3g}"
+    return f"has {found}, outside [{low:.3g}, {high:.3g}]"
+
+
+def check_plain_range(
+    module: nn.Module, name: str, tensor: torch.Tensor, dim: int | None, what: str, fix: str,
+    *, whole: bool = False, floor: float = 0.0,
+) -> None:
+    """Raise if torch's kernels behind ``what`` compute ``module.<name>``'s norms wrongly
+    (:func:`plain_range_problem`); ``fix`` says what to do instead."""
+    problem = plain_range_problem(tensor, dim, whole=whole, floor=floor)
+    if problem is not None:
+        raise ParanormError(_range_message(label(module, name), problem, what, tensor.dtype, fix))
+
+
+def _range_message(where: str, problem: str, what: str, dtype: torch.dtype, fix: str) -> str:
+    return (
+        f"{where} {problem}, the range of magnitudes in which {what} computes its norms "
+        f"correctly in {dtype} (its kernels square the entries unscaled: beyond it they "
+        f"overflow or underflow, and the weight comes out NaN, inf or wrong). {fix}"
+    )
+
+
+def refuse_out_of_range_loads(
+    module: nn.Module, name: str, kind: type[nn.Module],
+    checks: dict[str, Callable[[Any, torch.Tensor], str | None]], what: str, fix: str,
+) -> None:
+    """Refuse, at ``load_state_dict``, values that the registration checks would refuse.
+
+    A load_state_dict pre-hook on ``module``, run after the hook that renames other layouts'
+    keys: for each ``parametrizations.<name>.<key>`` in ``checks`` it calls
+    ``check(parametrization, incoming tensor)`` (one pass, one host sync per load) and raises
+    before any tensor of ``module`` is copied. It does nothing unless a ``kind``
+    parametrization is on ``module.<name>`` (it may have been removed or replaced since; a
+    deep copy keeps the hook and finds its own).
+    """
+
+    def hook(mod: nn.Module, state_dict: Any, prefix: str, *args: Any) -> None:
+        if not parametrize.is_parametrized(mod, name):
+            return
+        found = next((p for p in mod.parametrizations[name] if isinstance(p, kind)), None)  # type: ignore[index]
+        if found is None:
+            return
+        for key, check in checks.items():
+            full = f"{prefix}parametrizations.{name}.{key}"
+            value = state_dict.get(full)
+            if not isinstance(value, torch.Tensor):
+                continue
+            problem = check(found, value)
+            if problem is not None:
+                where = f"{label(mod, name)} (state_dict key {full!r})"
+                raise ParanormError(
+                    "load_state_dict: " + _range_message(where, problem, what, value.dtype, fix)
+                    + " The module is unchanged."
+                )
+
+    installed = module.__dict__.setdefault("_paranorm_load_checks", set())
+    if (name, kind) not in installed:  # once per tensor and kind, however often re-applied
+        installed.add((name, kind))
+        module._register_load_state_dict_pre_hook(hook, with_module=True)

@@ -16,9 +16,24 @@ from ._normalization import Normalization, ScaleForm
 from ._register import register
 from ._sigma.precision import float32_or_wider
 from ._torch_compat import weight_norm_kernel
-from ._validate import check_dim, check_eps, check_normalizable, label
+from ._validate import (
+    check_dim,
+    check_eps,
+    check_normalizable,
+    check_plain_range,
+    label,
+    plain_range_problem,
+    refuse_out_of_range_loads,
+    slice_max,
+)
 
-__all__ = ["WeightNorm", "weight_norm"]
+__all__ = ["RANGE_FIX", "WeightNorm", "weight_norm"]
+
+#: What to do with a weight outside the range torch's kernel normalizes correctly.
+RANGE_FIX = (
+    "Rescale the weights into that range (weight norm's output does not depend on v's scale), "
+    "or keep the layer in float64 (module.double()), whose range is wide."
+)
 
 
 class WeightNorm(Normalization):
@@ -84,14 +99,26 @@ def weight_norm(
         eps: floor on ||v||. 0 (default) reproduces torch exactly, fused kernel included; a
             slice of v that is all zeros then gives NaN, so paranorm refuses such a weight at
             registration. With ``eps > 0`` a zero slice gives a zero weight and finite gradients.
+            Finite.
+
+    Magnitudes: the forward (torch's kernel, or g v / max(||v||, eps)) squares v's entries
+    unscaled, so it is right only while each slice's largest entry stays in a range. Measured
+    (``benchmarks/scale_range.py``, a Conv1d(4, 6, 3) weight): float32 and bfloat16 about
+    3e-21 .. 9e18, float64 7e-158 .. 7e153, float16 its whole range. Registration, and
+    ``load_state_dict`` into the module, refuse a v outside the part of it that is proven,
+    [sqrt(n tiny), sqrt(max / 4n)] for n entries per slice (float32, n = 1000: 3.4e-18 ..
+    2.9e17; :func:`paranorm._sigma.scale.plain_norm_range`), naming the tensor. Not guarded:
+    weights that training moves out of the range (a check on every step would cost a host
+    sync), and g.
 
     Returns:
         ``module``, parametrized.
 
     Raises:
-        ParanormError: missing, lazy or non-floating tensor, bad dim or eps, a zero slice with
-            ``eps=0``; AlreadyNormalizedError: the tensor is normalized already. The module is
-            unchanged when anything is raised.
+        ParanormError: missing, lazy, empty, non-floating (or float8, complex, sparse) tensor,
+            bad dim or eps (negative, NaN, inf), a zero slice with ``eps=0``, a weight outside
+            the range above; AlreadyNormalizedError: the tensor is normalized already. The
+            module is unchanged when anything is raised.
 
     Example:
         >>> import torch, paranorm as pn
@@ -115,7 +142,9 @@ def weight_norm(
     parametrization = WeightNorm(dim, eps=eps)
     if eps == 0 and weight.device.type != "meta":
         with torch.no_grad():
-            zero = parametrization.norm(weight) == 0
+            # Exact zeros, not a norm that underflows (1e-30 squared is 0 in float32): that is
+            # a range problem, refused below with its own message.
+            zero = slice_max(weight, dim) == 0
         if bool(zero.any()):
             where = (
                 "the whole tensor"
@@ -127,4 +156,13 @@ def weight_norm(
                 "would be NaN there. Initialize the weight to non-zero values, or pass eps=1e-12 "
                 "to map zero slices to zero."
             )
-    return register(module, name, parametrization, unsafe=True)
+    # Not on the forward (torch's kernel, bit for bit and no slower): its range, checked here
+    # and on load_state_dict, is where its unscaled squares are exact.
+    check_plain_range(module, name, weight, dim, "torch's weight_norm kernel", RANGE_FIX)
+    register(module, name, parametrization, unsafe=True)
+    refuse_out_of_range_loads(
+        module, name, WeightNorm,
+        {"original1": lambda p, v: plain_range_problem(v, p.dim)},
+        "torch's weight_norm kernel", RANGE_FIX,
+    )
+    return module

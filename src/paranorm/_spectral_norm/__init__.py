@@ -13,6 +13,7 @@ a parametrization class here (:data:`PARAMETRIZATIONS`), all sharing the divisio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +23,36 @@ from .._errors import ParanormError, entry_point
 from .._register import register
 from .._sigma import METHODS
 from .._sigma.layer import default_dim
-from .._validate import check_dim, check_eps, check_normalizable, label
+from .._validate import (
+    check_dim,
+    check_eps,
+    check_normalizable,
+    check_plain_range,
+    label,
+    plain_range_problem,
+    refuse_out_of_range_loads,
+)
 from .base import Settings, SpectralNorm
 from .operator import FFTSpectralNorm, GramSpectralNorm, PowerSpectralNorm
 from .reshape import ReshapeSpectralNorm
 
-__all__ = ["PARAMETRIZATIONS", "ReshapeSpectralNorm", "SpectralNorm", "spectral_norm"]
+__all__ = [
+    "MAX_POWER_ITERATIONS",
+    "PARAMETRIZATIONS",
+    "RANGE_FIX",
+    "ReshapeSpectralNorm",
+    "SpectralNorm",
+    "spectral_norm",
+]
+
+#: The most power steps per training forward: torch's default and Miyato et al.'s is 1; a
+#: number past this one makes every forward take seconds (and 10**9 would never end).
+MAX_POWER_ITERATIONS = 10_000
+#: What to do with a weight outside the range torch's power step handles ("reshape").
+RANGE_FIX = (
+    "Rescale the weights into that range, keep the layer in float64 (module.double()), or use "
+    "method='fft', 'gram' or 'power', which rescale the weight exactly and take any finite one."
+)
 
 #: The parametrization class of each trainable sigma method.
 PARAMETRIZATIONS: dict[str, type[SpectralNorm]] = {
@@ -78,15 +103,22 @@ def _check_iterations(n_power_iterations: Any, where: str) -> int:
             f"{where}. Pass n_power_iterations=1 (the default) for one step per training "
             "forward, or more."
         )
+    if n_power_iterations > MAX_POWER_ITERATIONS:
+        raise ParanormError(
+            f"n_power_iterations must be at most {MAX_POWER_ITERATIONS} (steps on every "
+            f"training forward), got {n_power_iterations} for {where}. Pass "
+            "n_power_iterations=1 (the default; torch's and Miyato et al.'s), or a few."
+        )
     return n_power_iterations
 
 
 def _check_coeff(coeff: Any, where: str) -> float | None:
     bad = isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not coeff > 0
-    if coeff is not None and bad:
+    if coeff is not None and (bad or not math.isfinite(coeff)):
         raise ParanormError(
             f"coeff must be None (hard W / sigma) or a positive number (soft "
-            f"W / max(1, sigma / coeff)), got coeff={coeff!r} for {where}."
+            f"W / max(1, sigma / coeff); finite: an infinite coeff would never normalize), got "
+            f"coeff={coeff!r} for {where}."
         )
     return None if coeff is None else float(coeff)
 
@@ -115,22 +147,40 @@ def spectral_norm(
     Args:
         module: the layer holding the tensor.
         name: the tensor to normalize.
-        n_power_iterations: power steps per training forward (>= 1); none in eval mode. Used
-            by "reshape" and "power"; "fft" and "gram" refuse any other value than 1.
-        eps: the floor used when normalizing u and v (>= 0); "fft" and "gram" take none.
+        n_power_iterations: power steps per training forward (1 to MAX_POWER_ITERATIONS,
+            10000); none in eval mode. Used by "reshape" and "power"; "fft" and "gram" refuse
+            any other value than 1.
+        eps: the floor used when normalizing u and v (finite, >= 0); "fft" and "gram" take none.
         dim: the axis of the output features: None means 1 for ConvTranspose, else 0.
         method: how sigma is estimated: "reshape", "power", "fft" or "gram".
-        coeff: None for W / sigma, or c > 0 for W / max(1, sigma / c).
+        coeff: None for W / sigma, or a finite c > 0 for W / max(1, sigma / c).
         input_shape: one input sample's shape, for the methods that measure the layer's
             operator ("power", "fft", "gram"); None: the shape of the first forward.
-        **method_options: options of the chosen method ("gram": ``iterations``).
+        **method_options: options of the chosen method ("gram": ``iterations``; "power",
+            "fft", "gram": ``allow_large=True`` to accept an input shape past the cost limits
+            of :mod:`paranorm._sigma.cost`, 1 GiB and 1e11 multiply-adds for the warm-up
+            and a forward's sigma, which are otherwise refused when the shape is given or
+            first seen).
+
+    Magnitudes (``benchmarks/scale_range.py``, a Conv1d(4, 6, 3) weight, three training
+    steps): "reshape" is torch's power step, unscaled, bit for bit; it normalizes correctly
+    while max|W| lies in about [eps, 9e18] for float32 and bfloat16 ([eps, 7e153] for
+    float64; float16 its whole range), and registration and ``load_state_dict`` into the
+    module refuse a weight outside [4 eps sqrt(numel), sqrt(max / 4 numel)] (float32,
+    numel = 1000: 1.3e-10 .. 2.9e17), naming the tensor. "power", "fft" and "gram" work on
+    W / 2^k (exact) and normalize any finite weight whose sigma is below the largest number
+    of the working dtype: float32 and bfloat16 about 3e-42 .. 8e37, float64 2e-316 .. 4e307,
+    float16 its whole range. Not guarded: weights that training moves out of "reshape"'s
+    range (a check on every step would cost a host sync).
 
     Returns:
         ``module``, parametrized.
 
     Raises:
-        ParanormError, AlreadyNormalizedError: on bad input, or an option the method does not
-            use; the module is then unchanged.
+        ParanormError, AlreadyNormalizedError: on bad input (an empty, float8, complex or
+            sparse weight, a "reshape" weight outside its range, eps or coeff not finite, an
+            input shape past the cost limits), or an option the method does not use; the
+            module is then unchanged.
 
     Example:
         >>> import torch, paranorm as pn
@@ -161,7 +211,37 @@ def spectral_norm(
         )
     settings = Settings(n_power_iterations, dim, eps, coeff, input_shape, method_options)
     _check_settings(cls, where, settings)
+    if cls is ReshapeSpectralNorm:
+        _check_reshape_range(module, name, weight, dim, eps)
     parametrization = cls.from_module(module, name, weight, settings)
     register(module, name, parametrization)
     parametrization.attach(module)  # e.g. "power" learns the input shape from the forward
+    if cls is ReshapeSpectralNorm:
+        refuse_out_of_range_loads(
+            module, name, ReshapeSpectralNorm,
+            {"original": lambda p, w: _reshape_range_problem(w, p.eps)},
+            "torch's spectral_norm power step", RANGE_FIX,
+        )
     return module
+
+
+def _reshape_floor(weight_shape: Sequence[int], eps: float) -> float:
+    """The smallest largest entry for which F.normalize's floor eps leaves u, v unit vectors:
+    sigma >= max|W|, and a random start's ||W v|| is about ||W||_F / sqrt(cols) >= max|W| /
+    sqrt(numel), which must stay 4 eps above eps."""
+    return 4 * eps * math.sqrt(math.prod(weight_shape))
+
+
+def _reshape_range_problem(weight: Any, eps: float) -> str | None:
+    # The power step squares W v and W^T u, whose norms reach sigma <= sqrt(numel) max|W|: the
+    # range of one slice of numel entries; a 1-D weight is normalized exactly, ||w||.
+    return plain_range_problem(weight, None, whole=True, floor=_reshape_floor(weight.shape, eps))
+
+
+def _check_reshape_range(module: nn.Module, name: str, weight: Any, dim: int, eps: float) -> None:
+    """torch's power step (the default path, bit for bit and no slower, so unscaled) computes
+    sigma correctly only for weights in a range: refuse the others at registration."""
+    check_plain_range(
+        module, name, weight, None, "torch's spectral_norm power step", RANGE_FIX,
+        whole=True, floor=_reshape_floor(weight.shape, eps),
+    )

@@ -22,6 +22,15 @@ Before a convolution has seen any input (and with no ``input_shape``), "power" a
 by the size-independent "gram" bound, so the layer is never more than 1-Lipschitz meanwhile.
 "fft" and "gram" take neither ``n_power_iterations`` nor ``eps`` (passing them is an error);
 "gram" takes ``iterations=`` (Gram steps).
+
+Magnitudes: each method works on W / 2^k, 2^k a power of two near max|W| (exact, and the
+gradient is unchanged), and multiplies sigma back, so any finite weight is normalized
+correctly, from subnormal entries to the largest (as long as sigma itself is below the
+largest number of the working dtype, float32 for float32 and half weights). Costs: the work
+and memory of the warm-up and of each forward at an input shape are estimated when the shape
+is given or first seen, and a shape past the limits of :mod:`paranorm._sigma.cost` (1 GiB,
+1e11 multiply-adds) is refused unless ``allow_large=True``; a shape first seen by the
+forward is refused there, by the forward pre-hook.
 The bounds are computed in the weight's precision (float32 at least) on every forward, so
 they hold up to its rounding; :func:`paranorm.sigma` takes them in float64 and rounds up.
 
@@ -52,13 +61,15 @@ import torch
 from torch import nn
 
 from .._errors import ParanormError
+from .._sigma.cost import MAX_NORMALIZATION_WORK, Cost, check_cost, fft_cost, gram_cost, power_cost
 from .._sigma.fourier import fft_estimate
 from .._sigma.geometry import Geometry, check_input_shape
-from .._sigma.gram import check_iterations, gram_estimate
+from .._sigma.gram import GRAM_MAX_ITERATIONS, check_iterations, gram_estimate, gram_iterations
 from .._sigma.layer import Layer, layer_of
 from .._sigma.operator import apply, apply_adjoint
-from .._sigma.power import operator_power_iteration_, operator_sigma, warm_start
+from .._sigma.power import operator_power_iteration_, operator_sigma, warm_start, warm_start_applies
 from .._sigma.precision import float32_or_wider
+from .._sigma.scale import scaled
 from .base import Settings, SpectralNorm
 
 __all__ = ["FFTSpectralNorm", "GramSpectralNorm", "OperatorSpectralNorm", "PowerSpectralNorm"]
@@ -80,6 +91,7 @@ class OperatorSpectralNorm(SpectralNorm):
     """Base of the methods that need the layer's operator: its geometry and input shape."""
 
     uses_input_shape = True
+    options = frozenset({"allow_large"})
 
     def __init__(
         self,
@@ -92,11 +104,15 @@ class OperatorSpectralNorm(SpectralNorm):
         geometry: Geometry,
         input_shape: tuple[int, ...] | None,
         where: str,
+        allow_large: bool = False,
     ) -> None:
         super().__init__(dim=dim, eps=eps, coeff=coeff)
+        if not isinstance(allow_large, bool):
+            raise ParanormError(f"allow_large must be True or False, got {allow_large!r} for {where}.")
         self.n_power_iterations = n_power_iterations
         self.geometry = geometry
         self.where = where
+        self.allow_large = allow_large
         self.input_shape: tuple[int, ...] | None = input_shape
         # A given input_shape is fixed; without one, every new shape the layer sees is taken.
         self.tracks_input = input_shape is None and not geometry.is_matrix
@@ -119,6 +135,7 @@ class OperatorSpectralNorm(SpectralNorm):
             weight, settings.n_power_iterations, settings.dim, settings.eps, coeff=settings.coeff,
             geometry=layer.geo, input_shape=shape, where=layer.where, **settings.options,
         )
+        norm.check_cost(weight, norm.input_shape)  # "power" checked it before its warm-up
         norm._name = name
         return norm
 
@@ -146,8 +163,23 @@ class OperatorSpectralNorm(SpectralNorm):
             self.observe(weight, checked)
 
     def observe(self, weight: torch.Tensor, shape: tuple[int, ...]) -> None:
-        """Make ``shape`` the current input shape."""
+        """Make ``shape`` the current input shape (after checking what it will cost)."""
+        self.check_cost(weight, shape)
         self.input_shape = shape
+
+    def cost(self, weight: torch.Tensor, shape: tuple[int, ...] | None) -> Cost:
+        """The memory and work of one forward's sigma at ``shape`` (and of any warm-up)."""
+        return gram_cost(self.layer(weight), None, self._fallback_iterations(weight))
+
+    def check_cost(self, weight: torch.Tensor, shape: tuple[int, ...] | None) -> None:
+        """Refuse a shape whose sigma is past the cost limits, unless ``allow_large``."""
+        check_cost(
+            self.cost(weight, shape), self.method, self.where, shape, self.allow_large,
+            MAX_NORMALIZATION_WORK,
+        )
+
+    def _fallback_iterations(self, weight: torch.Tensor) -> int:
+        return gram_iterations(self.layer(weight), None, None, GRAM_BUDGET)
 
     def layer(self, weight: torch.Tensor) -> Layer:
         return Layer(weight, self.geometry, self.dim, self.where)
@@ -206,9 +238,24 @@ class PowerSpectralNorm(OperatorSpectralNorm):
         if not hasattr(self, _buffer_name(shape)):
             self._add_vector(weight, shape)
 
+    def cost(self, weight: torch.Tensor, shape: tuple[int, ...] | None) -> Cost:
+        """A new shape's warm-up (the Fourier start's SVDs, POWER_WARMUP_ITERATIONS steps),
+        which costs more than a forward's n_power_iterations steps; or the fallback's."""
+        if shape is None:
+            return super().cost(weight, shape)
+        layer = self.layer(weight)
+        itemsize = torch.empty((), dtype=float32_or_wider(weight)).element_size()
+        steps = POWER_WARMUP_ITERATIONS + self.n_power_iterations + 1
+        power = power_cost(layer, shape, steps, 1, itemsize)
+        if self.geometry.is_matrix or not warm_start_applies(weight, self.geometry, shape):
+            return power
+        start = fft_cost(layer, shape)
+        return Cost(max(power.bytes, start.bytes), power.work + start.work, power.what)
+
     @torch.no_grad()
     def _add_vector(self, weight: torch.Tensor, shape: tuple[int, ...]) -> None:
-        work = weight.detach().to(float32_or_wider(weight))
+        # On W / 2^k (exact): the vector is the same, and no square overflows or underflows.
+        work, _ = scaled(weight.detach().to(float32_or_wider(weight)))
         x = warm_start(work, self.geometry, shape)
         self._iterate(work, x, POWER_WARMUP_ITERATIONS)
         self.register_buffer(_buffer_name(shape), x)
@@ -225,12 +272,15 @@ class PowerSpectralNorm(OperatorSpectralNorm):
             return self.fallback_sigma(weight)
         x = getattr(self, _buffer_name(self.input_shape))
         work = weight if weight.dtype == x.dtype else weight.to(x.dtype)
+        # sigma(W) = 2^k sigma(W / 2^k), exactly: no overflow of A x for large weights, no
+        # underflow for small ones; one max and one division over the weight, no host sync.
+        work, scale = scaled(work)
         if self.training:
             self._iterate(work, x, self.n_power_iterations)
         # A clone, as torch does: a second forward's in-place step must not change the x that
         # the first forward's graph saved.
         x = x.clone(memory_format=torch.contiguous_format)
-        return operator_sigma(lambda t: apply(work, self.geometry, t), x)
+        return operator_sigma(lambda t: apply(work, self.geometry, t), x) * scale
 
     def _load_from_state_dict(
         self, state_dict: Any, prefix: str, local_metadata: Any, strict: bool,
@@ -273,6 +323,9 @@ class FFTSpectralNorm(OperatorSpectralNorm):
     def __init__(self, weight: torch.Tensor, n_power_iterations: int = 1, dim: int = 0, eps: float = 1e-12, **kwargs: Any) -> None:
         super().__init__(weight, n_power_iterations, dim, eps, **kwargs)
 
+    def cost(self, weight: torch.Tensor, shape: tuple[int, ...] | None) -> Cost:
+        return super().cost(weight, shape) if shape is None else fft_cost(self.layer(weight), shape)
+
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         if self.input_shape is None:
             return self.fallback_sigma(weight)
@@ -283,7 +336,7 @@ class GramSpectralNorm(OperatorSpectralNorm):
     """W / sigma_hat, sigma_hat a Gram-iteration upper bound (size-independent for zero padding)."""
 
     method = "gram"
-    options = frozenset({"iterations"})
+    options = frozenset({"iterations", "allow_large"})
     uses_power_iterations = False
     uses_eps = False
 
@@ -293,8 +346,12 @@ class GramSpectralNorm(OperatorSpectralNorm):
     ) -> None:
         super().__init__(weight, n_power_iterations, dim, eps, **kwargs)
         if iterations is not None:
-            check_iterations(iterations, 1)
+            check_iterations(iterations, 1, GRAM_MAX_ITERATIONS)
         self.iterations = iterations
+
+    def cost(self, weight: torch.Tensor, shape: tuple[int, ...] | None) -> Cost:
+        layer = self.layer(weight)
+        return gram_cost(layer, shape, gram_iterations(layer, shape, self.iterations, GRAM_BUDGET))
 
     def sigma(self, weight: torch.Tensor) -> torch.Tensor:
         layer = self.layer(weight)
