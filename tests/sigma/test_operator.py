@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
+import paranorm as pn
 from _layers import layers
 from paranorm import ParanormError
 from paranorm._sigma import geometry as ops
@@ -145,3 +147,23 @@ def test_linear_input_shape_needs_in_features(n_in, n_out):
     assert ops.check_input_shape(w, geo, (5, n_in), "Linear.weight") == (n_in,)
     with pytest.raises(ParanormError, match=f"in_features={n_in}"):
         ops.check_input_shape(w, geo, (n_in + 1,), "Linear.weight")
+
+
+@pytest.mark.parametrize("mode", ["circular", "replicate", "reflect"])
+def test_most_copies_counts_the_padding_without_building_it(mode):
+    from paranorm._sigma.geometry import most_copies, pad_indices
+
+    for n in range(1, 8):
+        for lo in range(8):
+            for hi in range(8):
+                if (mode == "circular" and max(lo, hi) > n) or (mode == "reflect" and max(lo, hi) >= n):
+                    continue
+                want = int(torch.bincount(pad_indices(n, lo, hi, mode)).max())
+                assert most_copies(n, lo, hi, mode) == want, (n, lo, hi)
+
+
+def test_a_huge_input_size_is_priced_not_built():
+    # The padding's copy count at a billion-sample input used to build a billion-entry index.
+    conv = nn.Conv1d(2, 2, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ParanormError, match="above its limit"):
+        pn.sigma(conv, "fft", input_shape=(2, 10**12))

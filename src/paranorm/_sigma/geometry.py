@@ -23,6 +23,7 @@ __all__ = [
     "check_input_shape",
     "geometry",
     "in_channels",
+    "most_copies",
     "numel",
     "out_channels",
     "output_shape",
@@ -272,13 +273,34 @@ def pad_copies(geo: Geometry, input_shape: Sequence[int] | None) -> int:
     total = 1
     for a, (lo, hi) in enumerate(geo.padding):
         if input_shape is not None:
-            idx = pad_indices(input_shape[1 + a], lo, hi, geo.padding_mode)
-            total *= int(torch.bincount(idx).max())
+            total *= most_copies(input_shape[1 + a], lo, hi, geo.padding_mode)
         elif geo.padding_mode == "replicate":
             total *= 1 + lo + hi
         else:
             total *= 1 + (lo > 0) + (hi > 0)
     return total
+
+
+def most_copies(n: int, before: int, after: int, mode: str) -> int:
+    """The largest number of times :func:`pad_indices` (n, before, after, mode) holds one
+    index, counted without building it (an input size may be huge).
+
+    circular: the n + before + after positions run through the n residues in order, so some
+    residue comes ceil((n + before + after) / n) times. replicate: the ends, 1 + before and
+    1 + after (both for n = 1). reflect (before, after < n): index j is copied by the left pad
+    for 1 <= j <= before and by the right pad for n - 1 - after <= j <= n - 2.
+    """
+    if mode == "circular":
+        return -(-(n + before + after) // n)
+    if mode == "replicate":
+        return 1 + before + after if n == 1 else 1 + max(before, after)
+    if mode == "reflect":
+        left = (1, before) if before else None
+        right = (n - 1 - after, n - 2) if after else None
+        if left and right and max(left[0], right[0]) <= min(left[1], right[1]):
+            return 3
+        return 1 + (left is not None or right is not None)
+    raise ParanormError(f"no index map for padding_mode={mode!r}.")
 
 
 
