@@ -13,11 +13,21 @@ import paranorm as pn
 
 MARKDOWN_DOCS = "markdown-docs"
 SLOW_BLOCK = "# slow:"
+#: Warnings torch raises from its own internals (inductor, the ONNX exporter) under the calls a
+#: block makes; the tests run with warnings as errors, and a reader's code would not see these.
+TORCH_INTERNAL_WARNINGS = (
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker(MARKDOWN_DOCS) and getattr(item, "code", "").startswith(SLOW_BLOCK):
+        if item.get_closest_marker(MARKDOWN_DOCS) is None:
+            continue
+        for warning in TORCH_INTERNAL_WARNINGS:
+            item.add_marker(pytest.mark.filterwarnings(warning))
+        if getattr(item, "code", "").startswith(SLOW_BLOCK):
             item.add_marker(pytest.mark.slow)
 
 

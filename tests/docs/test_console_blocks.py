@@ -4,15 +4,17 @@ pytest-markdown-docs runs each python code block on its own; a ``console`` block
 with ``$ paranorm`` shows commands and their output, which it does not run. Here each page
 runs as a script: its python blocks in order, in one temporary folder (so the files one block
 writes are there for the commands after it), and every ``$ paranorm ...`` line of its console
-blocks through ``paranorm.cli.main``, its output (stdout, then stderr) compared with the lines
-the page shows under it. Numbers are compared to 1e-3 relative (another CPU may round the last
-digit of a float differently), the rest word for word.
+blocks through ``paranorm.cli.main``, its output (stdout, then stderr, the temporary folder
+shown as ``$PWD``) compared with the lines the page shows under it. Numbers are compared to
+1e-3 relative (another CPU may round the last digit of a float differently), the rest word for
+word.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 from pathlib import Path
@@ -55,6 +57,7 @@ def sessions(content: str) -> list[tuple[str, str]]:
 
 
 def run(command: str) -> str:
+    """What ``command`` prints: stdout, then stderr; the current folder shown as ``$PWD``."""
     argv = shlex.split(command)
     assert argv[0] == "paranorm", command
     out, err = io.StringIO(), io.StringIO()
@@ -63,7 +66,7 @@ def run(command: str) -> str:
             main(argv[1:])
         except SystemExit:  # usage errors exit through argparse
             pass
-    return out.getvalue() + err.getvalue()
+    return (out.getvalue() + err.getvalue()).replace(os.getcwd(), "$PWD")
 
 
 def words_and_numbers(text: str) -> tuple[list[str], list[float]]:
