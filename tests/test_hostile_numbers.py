@@ -472,3 +472,23 @@ def test_model_report_names_a_non_finite_layer_and_keeps_the_rest():
     assert first.bound is not None and first.bound.value >= linear_sigma_float64(net[0].weight.detach())
     assert all(e.value is None and e.error.startswith("'2' has 0 NaN and 1 infinite") for e in last.estimates.values())
     assert not report.network.holds
+
+
+@pytest.mark.parametrize("method", ["power", "fft", "gram"])
+@pytest.mark.parametrize("coeff", [None, 0.5, 50.0])
+def test_operator_methods_divide_in_the_weights_unit(method, coeff):
+    # W / soft_scale(sigma) taken as (W / 2^k) / soft_scale(sigma / 2^k): bit for bit the
+    # plain division in range, and finite where sigma itself overflows float32 (entries ~3e38).
+    from paranorm._sigma.matrix import soft_scale
+
+    torch.manual_seed(0)
+    linear = pn.spectral_norm(nn.Linear(6, 4), method=method, coeff=coeff).eval()
+    p = linear.parametrizations.weight
+    plain = p.original / soft_scale(p[0].sigma(p.original), coeff)
+    assert torch.equal(linear.weight, plain)
+    with torch.no_grad():
+        p.original.copy_(p.original.double() / p.original.abs().max() * 3e38)
+    assert not math.isfinite(float(p[0].sigma(p.original).detach()))  # sigma past float32 ...
+    w = linear.weight.detach()
+    assert torch.isfinite(w).all()  # ... and W / sigma still right: sigma(W / sigma) = 1,
+    assert linear_sigma_float64(w) == pytest.approx(1.0 if coeff is None else coeff, rel=1e-2)

@@ -17,6 +17,7 @@ from .result import SigmaResult
 from .scale import scaled
 
 __all__ = [
+    "divide_by_scale",
     "power_iteration_",
     "power_step_sigma_",
     "rank_one_shape",
@@ -80,6 +81,26 @@ def soft_scale(sigma: torch.Tensor, coeff: float | None) -> torch.Tensor:
     Behrmann et al., "Invertible Residual Networks", ICML 2019, for the soft variant.
     """
     return sigma if coeff is None else torch.clamp(sigma / coeff, min=1.0)
+
+
+def divide_by_scale(
+    weight: torch.Tensor, unit: torch.Tensor, scale: torch.Tensor, unit_sigma: torch.Tensor,
+    coeff: float | None,
+) -> torch.Tensor:
+    """W / soft_scale(sigma) from W = c U (``unit``, ``scale`` c a power of two) and
+    sigma = c sigma(U), without forming sigma, which can overflow its dtype (a float32 W with
+    entries near 3e38) while W / sigma is of order one.
+
+    Hard: U / sigma(U). Soft: W where sigma / coeff < 1 (the clamp keeps W), else
+    U / (sigma(U) / coeff). Since multiplying by c is exact, each is bit for bit
+    W / soft_scale(sigma, coeff) wherever that does not overflow, and so is the gradient.
+    """
+    if coeff is None:
+        return unit / unit_sigma
+    ratio = unit_sigma / coeff
+    # sigma / coeff >= 1 as c ratio >= 1; 1 / c is inf only for a c so small that it is false.
+    shrink = ratio >= scale.reciprocal()
+    return torch.where(shrink, unit / ratio, weight)
 
 
 def soft_scale_active(sigma: torch.Tensor, coeff: float) -> torch.Tensor:

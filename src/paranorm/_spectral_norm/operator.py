@@ -66,9 +66,10 @@ from .._sigma.fourier import fft_estimate
 from .._sigma.geometry import Geometry, check_input_shape
 from .._sigma.gram import GRAM_MAX_ITERATIONS, check_iterations, gram_estimate, gram_iterations
 from .._sigma.layer import Layer, layer_of
+from .._sigma.matrix import divide_by_scale
 from .._sigma.operator import apply, apply_adjoint
 from .._sigma.power import operator_power_iteration_, operator_sigma, warm_start, warm_start_applies
-from .._sigma.precision import float32_or_wider
+from .._sigma.precision import autocast_off, float32_or_wider
 from .._sigma.scale import scaled
 from .base import Settings, SpectralNorm
 
@@ -183,6 +184,13 @@ class OperatorSpectralNorm(SpectralNorm):
 
     def layer(self, weight: torch.Tensor) -> Layer:
         return Layer(weight, self.geometry, self.dim, self.where)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # sigma of W / 2^k, and the division in that unit (_sigma.matrix.divide_by_scale):
+        # W / sigma is of order one even where sigma itself would overflow the dtype.
+        with autocast_off(weight):
+            unit, scale = scaled(weight)
+            return divide_by_scale(weight, unit, scale, self.sigma(unit), self.coeff)
 
     def fallback_sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """The size-independent Gram bound, used until a conv has seen its input size."""
