@@ -2,7 +2,7 @@
 
 For each layer: the reference sigma (the dense svd oracle, or "fft" for circular padding at
 stride 1, where it is exact), then each method's value, relative error against the reference,
-and time. Targets (issue 3):
+and time. What each method should meet:
 
 - "power" within 1e-3 of the reference at its default iterations (the spectral gap
   sigma_2 / sigma_1 and the block rate sigma_9 / sigma_1 are shown where it is slow);
