@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         for warning in TORCH_INTERNAL_WARNINGS:
             item.add_marker(pytest.mark.filterwarnings(warning))
-        if getattr(item, "code", "").startswith(SLOW_BLOCK):
+        if getattr(item, "code", "").lstrip().startswith(SLOW_BLOCK):  # padded to its line
             item.add_marker(pytest.mark.slow)
 
 
