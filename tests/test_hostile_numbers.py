@@ -492,3 +492,14 @@ def test_operator_methods_divide_in_the_weights_unit(method, coeff):
     w = linear.weight.detach()
     assert torch.isfinite(w).all()  # ... and W / sigma still right: sigma(W / sigma) = 1,
     assert linear_sigma_float64(w) == pytest.approx(1.0 if coeff is None else coeff, rel=1e-2)
+
+
+def test_spectral_plain_weight_when_w_v_underflows_but_sigma_does_not():
+    # u ~ 1e30 makes sigma = u^T (W v) normal while W v (~1e-40) is subnormal in bfloat16 and
+    # has lost its digits (torch: 5 ulps where the product is 5.25), float64 has not.
+    w = torch.tensor([[1.25, 1.5], [0.75, 0.5], [1.0, 0.25]], dtype=torch.bfloat16)
+    u = torch.full((3,), 1e30, dtype=torch.bfloat16)
+    v = torch.full((2,), 1e-40, dtype=torch.bfloat16)
+    out = convert({"weight_orig": w, "weight_u": u, "weight_v": v}, to="plain")["weight"]
+    sigma = float(u.double() @ w.double() @ v.double())
+    torch.testing.assert_close(out, (w.double() / sigma).to(torch.bfloat16), rtol=0, atol=0)

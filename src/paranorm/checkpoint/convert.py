@@ -298,17 +298,19 @@ def _as_matrix(weight: torch.Tensor, dim: int) -> torch.Tensor:
     return weight_to_matrix(weight, dim) if weight.ndim > 1 else weight.reshape(-1, 1)
 
 
-def _spectral_in_torch_range(sigma: torch.Tensor, weight: torch.Tensor) -> bool:
+def _spectral_in_torch_range(sigma: torch.Tensor, weight: torch.Tensor, u: torch.Tensor, cols: int) -> bool:
     """Whether torch's u^T W v is correct to rounding: finite (an overflow anywhere makes it
-    inf or NaN), and far enough above the underflow threshold that the products lost to it
-    (each at most half a subnormal ulp) do not matter, nor its rounding to weight's dtype."""
+    inf or NaN), and far enough above what underflow can take from it. Each product W_ij v_j
+    that underflows is off by at most tiny eps / 2 (tiny of the accumulation dtype), and each
+    entry of W v by as much again when rounded to W's dtype, so sigma is off by at most
+    ||u||_1 (cols tiny_acc + tiny) eps / 2: it must be at least twice ||u||_1 (cols tiny_acc
+    + tiny), for the error to stay within eps of it."""
     if not _all_finite(sigma):
         return False
-    floor = max(
-        4.0 * weight.numel() * torch.finfo(accumulation_dtype(weight.dtype)).tiny,
-        torch.finfo(weight.dtype).tiny,
-    )
-    return abs(float(sigma)) >= floor
+    tiny = torch.finfo(weight.dtype).tiny
+    tiny_acc = torch.finfo(accumulation_dtype(weight.dtype)).tiny
+    reach = float(u.detach().double().abs().sum()) * (cols * tiny_acc + tiny)
+    return abs(float(sigma)) >= 2.0 * reach
 
 
 def _spectral_float64(group: Group, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, dim: int) -> torch.Tensor:
@@ -346,7 +348,8 @@ def spectral_norm_plain(group: Group, weight: torch.Tensor, u: torch.Tensor, v: 
         sigma = torch.dot(u, weight * v)
     if weight.device.type == "meta":
         return weight / sigma  # shapes only
-    if _spectral_in_torch_range(sigma, weight):
+    cols = weight.numel() // max(weight.shape[dim] if weight.ndim > 1 else weight.numel(), 1)
+    if _spectral_in_torch_range(sigma, weight, u, cols):
         out = weight / sigma
         if _all_finite(out):
             return out
