@@ -503,3 +503,26 @@ def test_spectral_plain_weight_when_w_v_underflows_but_sigma_does_not():
     out = convert({"weight_orig": w, "weight_u": u, "weight_v": v}, to="plain")["weight"]
     sigma = float(u.double() @ w.double() @ v.double())
     torch.testing.assert_close(out, (w.double() / sigma).to(torch.bfloat16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("g", "v", "dtype"), [(1e-30, 1e15, torch.float32), (1e-30, 1e15, torch.bfloat16), (1e-306, 1e15, torch.float64)])
+def test_weight_norm_plain_weight_when_g_over_norm_underflows(g, v, dtype):
+    # torch's kernel forms g / ||v|| first: 1e-30 / 1e15 underflows to 0 in float32 and the
+    # weight came out 0, though g v / ||v|| is about g, a normal number.
+    torch.manual_seed(0)
+    vs = (torch.rand(3, 5, dtype=torch.float64) + 0.5) * v
+    state = {"weight_g": torch.full((3, 1), g, dtype=dtype), "weight_v": vs.to(dtype)}
+    out = convert(state, to="plain")["weight"]
+    want = wn_plain_float64(state["weight_g"], state["weight_v"]).to(dtype)
+    torch.testing.assert_close(out, want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+
+
+def test_loading_a_g_that_torchs_kernel_would_underflow_is_refused():
+    layer = pn.weight_norm(nn.Linear(5, 3))
+    state = snapshot(layer)
+    bad = dict(state)
+    bad["parametrizations.weight.original0"] = torch.full((3, 1), 1e-30)
+    bad["parametrizations.weight.original1"] = state["parametrizations.weight.original1"] * 1e15
+    with pytest.raises(ParanormError, match=r"original0'\) has g / \|\|v\|\| reaching"):
+        layer.load_state_dict(bad)
+    assert all(torch.equal(state[k], v) for k, v in snapshot(layer).items())

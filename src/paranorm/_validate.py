@@ -19,9 +19,10 @@ from torch.nn.utils.parametrize import type_before_parametrizations
 from ._errors import AlreadyNormalizedError, ParanormError
 from ._normalization import find_normalization
 from ._sigma.checks import unsupported_reason
-from ._sigma.scale import plain_norm_range
+from ._sigma.scale import accumulation_dtype, plain_norm_range
 
 __all__ = [
+    "LoadCheck",
     "check_dim",
     "check_eps",
     "check_normalizable",
@@ -33,6 +34,7 @@ __all__ = [
     "refuse_out_of_range_loads",
     "slice_max",
     "tensor_names",
+    "weight_norm_ratio_problem",
 ]
 
 
@@ -208,6 +210,37 @@ def plain_range_problem(
     return f"has {found}, outside [{low:.3g}, {high:.3g}]"
 
 
+def weight_norm_ratio_problem(g: torch.Tensor, v: torch.Tensor, dim: int | None) -> str | None:
+    """Why torch's weight-norm kernel, which computes v (g / ||v||), would get g / ||v|| wrong
+    (under- or overflowing its accumulation dtype while g v / ||v|| itself may be normal: g
+    1e-30 and v 1e15 give 0), or None. ||v|| lies between a slice's largest entry m and
+    sqrt(n) m, which bounds the ratio without computing the norm. Zero g is exact (0)."""
+    if v.device.type == "meta" or g.device.type == "meta" or v.numel() == 0 or g.shape != _kept_shape(v, dim):
+        return None
+    top = slice_max(v, dim).double().reshape(g.shape)
+    gd = g.detach().double().abs()
+    n = v.numel() // max(top.numel(), 1)
+    info = torch.finfo(accumulation_dtype(v.dtype))
+    low = gd / (top * math.sqrt(n))
+    high = gd / top
+    bad_low = (gd > 0) & (low < info.tiny / info.eps)
+    bad_high = high > info.max / 4
+    if not bool((bad_low | bad_high).any()):
+        return None
+    ratio = float(low[bad_low].min()) if bool(bad_low.any()) else float(high[bad_high].max())
+    return (
+        f"has g / ||v|| reaching {ratio:.3g}, outside [{info.tiny / info.eps:.3g}, "
+        f"{info.max / 4:.3g}]"
+    )
+
+
+def _kept_shape(v: torch.Tensor, dim: int | None) -> torch.Size:
+    """The shape of g for ``v`` and ``dim``: norm_except_dim's (0-dim for the whole tensor)."""
+    if dim is None:
+        return torch.Size([])
+    return torch.Size([s if d == dim else 1 for d, s in enumerate(v.shape)])
+
+
 def check_plain_range(
     module: nn.Module, name: str, tensor: torch.Tensor, dim: int | None, what: str, fix: str,
     *, whole: bool = False, floor: float = 0.0,
@@ -227,18 +260,20 @@ def _range_message(where: str, problem: str, what: str, dtype: torch.dtype, fix:
     )
 
 
+LoadCheck = Callable[[Any, dict[str, torch.Tensor]], "tuple[str, str] | None"]
+
+
 def refuse_out_of_range_loads(
-    module: nn.Module, name: str, kind: type[nn.Module],
-    checks: dict[str, Callable[[Any, torch.Tensor], str | None]], what: str, fix: str,
+    module: nn.Module, name: str, kind: type[nn.Module], check: LoadCheck, what: str, fix: str,
 ) -> None:
     """Refuse, at ``load_state_dict``, values that the registration checks would refuse.
 
     A load_state_dict pre-hook on ``module``, run after the hook that renames other layouts'
-    keys: for each ``parametrizations.<name>.<key>`` in ``checks`` it calls
-    ``check(parametrization, incoming tensor)`` (one pass, one host sync per load) and raises
-    before any tensor of ``module`` is copied. It does nothing unless a ``kind``
-    parametrization is on ``module.<name>`` (it may have been removed or replaced since; a
-    deep copy keeps the hook and finds its own).
+    keys: it calls ``check(parametrization, incoming)``, ``incoming`` the state_dict's tensors
+    ``parametrizations.<name>.<key>`` by key, which returns (key, problem) or None (one pass
+    over them, one host sync per load), and raises before any tensor of ``module`` is copied.
+    It does nothing unless a ``kind`` parametrization is on ``module.<name>`` (it may have
+    been removed or replaced since; a deep copy keeps the hook and finds its own).
     """
 
     def hook(mod: nn.Module, state_dict: Any, prefix: str, *args: Any) -> None:
@@ -247,18 +282,20 @@ def refuse_out_of_range_loads(
         found = next((p for p in mod.parametrizations[name] if isinstance(p, kind)), None)  # type: ignore[index]
         if found is None:
             return
-        for key, check in checks.items():
-            full = f"{prefix}parametrizations.{name}.{key}"
-            value = state_dict.get(full)
-            if not isinstance(value, torch.Tensor):
-                continue
-            problem = check(found, value)
-            if problem is not None:
-                where = f"{label(mod, name)} (state_dict key {full!r})"
-                raise ParanormError(
-                    "load_state_dict: " + _range_message(where, problem, what, value.dtype, fix)
-                    + " The module is unchanged."
-                )
+        head = f"{prefix}parametrizations.{name}."
+        incoming = {
+            k[len(head):]: v for k, v in state_dict.items()
+            if k.startswith(head) and isinstance(v, torch.Tensor)
+        }  # fmt: skip
+        failed = check(found, incoming)
+        if failed is not None:
+            key, problem = failed
+            where = f"{label(mod, name)} (state_dict key {head + key!r})"
+            raise ParanormError(
+                "load_state_dict: "
+                + _range_message(where, problem, what, incoming[key].dtype, fix)
+                + " The module is unchanged."
+            )
 
     installed = module.__dict__.setdefault("_paranorm_load_checks", set())
     if (name, kind) not in installed:  # once per tensor and kind, however often re-applied

@@ -25,6 +25,7 @@ from ._validate import (
     plain_range_problem,
     refuse_out_of_range_loads,
     slice_max,
+    weight_norm_ratio_problem,
 )
 
 __all__ = ["RANGE_FIX", "WeightNorm", "weight_norm"]
@@ -160,9 +161,17 @@ def weight_norm(
     # and on load_state_dict, is where its unscaled squares are exact.
     check_plain_range(module, name, weight, dim, "torch's weight_norm kernel", RANGE_FIX)
     register(module, name, parametrization, unsafe=True)
-    refuse_out_of_range_loads(
-        module, name, WeightNorm,
-        {"original1": lambda p, v: plain_range_problem(v, p.dim)},
-        "torch's weight_norm kernel", RANGE_FIX,
-    )
+    refuse_out_of_range_loads(module, name, WeightNorm, _load_problem, "torch's weight_norm kernel", RANGE_FIX)
     return module
+
+
+def _load_problem(parametrization: WeightNorm, incoming: dict[str, torch.Tensor]) -> tuple[str, str] | None:
+    """(key, why) for an incoming g, v that torch's kernel would normalize wrongly, or None."""
+    v, g = incoming.get("original1"), incoming.get("original0")
+    if v is None:
+        return None
+    problem = plain_range_problem(v, parametrization.dim)
+    if problem is not None:
+        return "original1", problem
+    problem = None if g is None else weight_norm_ratio_problem(g, v, parametrization.dim)
+    return None if problem is None else ("original0", problem)

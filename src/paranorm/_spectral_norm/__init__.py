@@ -218,9 +218,8 @@ def spectral_norm(
     parametrization.attach(module)  # e.g. "power" learns the input shape from the forward
     if cls is ReshapeSpectralNorm:
         refuse_out_of_range_loads(
-            module, name, ReshapeSpectralNorm,
-            {"original": lambda p, w: _reshape_range_problem(w, p.eps)},
-            "torch's spectral_norm power step", RANGE_FIX,
+            module, name, ReshapeSpectralNorm, _load_problem, "torch's spectral_norm power step",
+            RANGE_FIX,
         )
     return module
 
@@ -230,6 +229,13 @@ def _reshape_floor(weight_shape: Sequence[int], eps: float) -> float:
     sigma >= max|W|, and a random start's ||W v|| is about ||W||_F / sqrt(cols) >= max|W| /
     sqrt(numel), which must stay 4 eps above eps."""
     return 4 * eps * math.sqrt(math.prod(weight_shape))
+
+
+def _load_problem(parametrization: Any, incoming: dict[str, Any]) -> tuple[str, str] | None:
+    """(key, why) for an incoming weight torch's power step would get wrong, or None."""
+    weight = incoming.get("original")
+    problem = None if weight is None else _reshape_range_problem(weight, parametrization.eps)
+    return None if problem is None else ("original", problem)
 
 
 def _reshape_range_problem(weight: Any, eps: float) -> str | None:

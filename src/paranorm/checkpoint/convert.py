@@ -31,6 +31,7 @@ from .._sigma.checks import unsupported_reason
 from .._sigma.matrix import weight_to_matrix
 from .._sigma.scale import accumulation_dtype, plain_norm_range, pow2_floor, pow2_scale
 from .._torch_compat import weight_norm_kernel
+from .._validate import weight_norm_ratio_problem
 from .detect import Group, candidate_dims, groups, wn_dims
 from .layouts import LAYOUTS, Layout, legacy_keys, parametrization_keys, solve_version0_v
 
@@ -257,7 +258,10 @@ def _weight_norm_in_torch_range(g: torch.Tensor, v: torch.Tensor, dim: int | Non
         return False  # torch's kernel takes one dtype; the module would cast on load
     top = _slice_max(v, dim)
     low, high = plain_norm_range(v.dtype, v.numel() // max(top.numel(), 1))
-    return bool(top.min() >= low) and bool(top.max() <= high)
+    if not (bool(top.min() >= low) and bool(top.max() <= high)):
+        return False
+    # and g / ||v||, which the kernel forms first, neither under- nor overflows
+    return weight_norm_ratio_problem(g, v, dim) is None
 
 
 def _weight_norm_float64(group: Group, g: torch.Tensor, v: torch.Tensor, dim: int | None) -> torch.Tensor:
