@@ -449,3 +449,21 @@ def test_weight_norm_plain_weight_at_any_magnitude(shape, exponent, g_exponent, 
     unit = v.double() / v.double().flatten(1).abs().amax(dim=1).reshape(-1, *([1] * (len(shape) - 1)))
     want = g.double() * unit / unit.flatten(1).norm(dim=1).reshape(g.shape)
     torch.testing.assert_close(out.double(), want.float().double(), rtol=3e-6, atol=2.0**-149)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_version0_legacy_spectral_norm_of_extreme_weights(scale):
+    # torch's own loader's pinverse overflows (or underflows) at these magnitudes; v is solved
+    # on W / 2^k in float64 and keeps u^T W_orig v = sigma.
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, dtype=torch.float64) * scale
+    u = torch.randn(3, dtype=torch.float64)
+    u = (u / u.norm()).float()
+    sigma = torch.linalg.matrix_norm(w, ord=2)
+    state = OrderedDict(weight_orig=w.float(), weight_u=u, weight=(w / sigma).float())
+    state._metadata = {"": {"spectral_norm": {"weight.version": 0}}}
+    with pytest.warns(CheckpointWarning, match="version-0"):
+        v = convert(state, to="parametrizations")["parametrizations.weight.0._v"]
+    assert torch.isfinite(v).all()
+    implied = float(u.double() @ state["weight_orig"].double() @ v.double())
+    assert implied == pytest.approx(float(sigma), rel=1e-5)

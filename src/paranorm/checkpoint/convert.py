@@ -169,7 +169,24 @@ def _sn_v(group: Group, state_dict: Mapping[str, Any], dims: Mapping[str, int | 
         f"{group.base!r}: version-0 legacy spectral norm; v derived from the stored W, W_orig "
         "and u as torch's loader does (least squares, rescaled so that u^T W_orig v = sigma)."
     )
-    v = solve_version0_v(weight, state_dict[group.roles["stored"]], state_dict[group.roles["u"]], resolved.dim)
+    stored, u = state_dict[group.roles["stored"]], state_dict[group.roles["u"]]
+    low, high = plain_norm_range(weight.dtype, weight.numel())
+    top = float(weight.abs().max()) if weight.device.type != "meta" else 1.0
+    v = None
+    if low <= top <= high:  # torch's own loader's arithmetic, as it would compute it
+        try:
+            v = solve_version0_v(weight, stored, u, resolved.dim)
+        except torch.linalg.LinAlgError:
+            v = None
+    if v is None or (v.device.type != "meta" and not _all_finite(v)):
+        # On W / c in float64 instead (sigma = mean(W_orig / W) is unchanged, and v scales by
+        # c, divided out): exact in c, and nothing overflows.
+        scale = pow2_scale(weight.detach().double())
+        try:
+            v = solve_version0_v(weight.double() / scale, stored.double() / scale, u.double(), resolved.dim)
+            v = (v / scale).to(u.dtype)
+        except torch.linalg.LinAlgError:
+            v = torch.full_like(u, math.nan)
     if v.device.type != "meta" and not _all_finite(v):
         raise CheckpointError(
             f"{group.base!r}: the v implied by this version-0 legacy spectral norm is not finite "
@@ -623,11 +640,16 @@ def convert(
 
     Warns:
         CheckpointWarning: whenever something not stored was derived (g, u, v, a dim, a
-            version-0 v), saying what and how.
+            version-0 v), saying what and how; and for each normalized tensor holding NaN or
+            inf that a change of layout passes on unchanged (it renames, computes nothing).
 
     Raises:
         CheckpointError: unknown ``to``, half of a group, a tensor in two layouts, a dim that
-            cannot be read or does not fit, ``normalize`` naming a missing or normalized key.
+            cannot be read or does not fit, ``normalize`` naming a missing or normalized key;
+            for a computed weight (plain, a version-0 v, a normalized plain tensor): a tensor
+            that is not a dense float16/bfloat16/float32/float64 one, NaN or inf in it, a
+            value that is 0/0 (a zero slice of v, u^T W v = 0) or past its dtype's largest
+            number. Empty tensors give empty plain weights.
     """
     dims = dict(dims or {})
     normalize = dict(normalize or {})
