@@ -526,3 +526,15 @@ def test_loading_a_g_that_torchs_kernel_would_underflow_is_refused():
     with pytest.raises(ParanormError, match=r"original0'\) has g / \|\|v\|\| reaching"):
         layer.load_state_dict(bad)
     assert all(torch.equal(state[k], v) for k, v in snapshot(layer).items())
+
+
+def test_network_bound_past_the_float_range_is_not_given():
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Linear(4, 4, dtype=torch.float64) for _ in range(4)])
+    with torch.no_grad():
+        for layer in net:
+            layer.weight.mul_(1e100)
+    report = pn.lipschitz_report(net, torch.randn(1, 4, dtype=torch.float64))
+    assert all(layer.bound is not None and math.isfinite(layer.bound.value) for layer in report.layers)
+    assert not report.network.holds and report.network.value is None
+    assert "past the largest float" in report.network.statement

@@ -8,6 +8,7 @@ not stretch). It holds only for an ``nn.Sequential`` chain of such layers and of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from torch import nn
@@ -36,6 +37,20 @@ def _sequential_items(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.
     return items
 
 
+def _chain_items(model: nn.Module) -> list[tuple[str, nn.Module]] | str:
+    """The chain's items (path, module), or why the model is not a chain."""
+    if isinstance(model, OPERATOR_LAYERS):
+        return [("", model)]
+    if not isinstance(model, nn.Sequential):
+        return (
+            f"the model is a {type(model).__name__}, not an nn.Sequential chain: its forward may add "
+            "residuals, branches or attention, which the product of layer norms does not bound"
+        )
+    if type(model).forward is not nn.Sequential.forward:
+        return f"{type(model).__name__} overrides Sequential.forward, so it may not be a chain"
+    return _sequential_items(model)
+
+
 def chain_bound(
     model: nn.Module,
     layers: Sequence[LayerReport],
@@ -47,23 +62,7 @@ def chain_bound(
         return NetworkBound(
             None, False, "the model takes several inputs; a chain bound needs one input tensor"
         )
-    if isinstance(model, OPERATOR_LAYERS):
-        items: list[tuple[str, nn.Module]] | str = [("", model)]
-    elif isinstance(model, nn.Sequential):
-        if type(model).forward is not nn.Sequential.forward:
-            return NetworkBound(
-                None,
-                False,
-                f"{type(model).__name__} overrides Sequential.forward, so it may not be a chain",
-            )
-        items = _sequential_items(model)
-    else:
-        return NetworkBound(
-            None,
-            False,
-            f"the model is a {type(model).__name__}, not an nn.Sequential chain: its forward may add "
-            "residuals, branches or attention, which the product of layer norms does not bound",
-        )
+    items = _chain_items(model)
     if isinstance(items, str):
         return NetworkBound(None, False, items)
     by_name = {layer.name: layer for layer in layers}
@@ -101,6 +100,13 @@ def chain_bound(
         )
     if n_layers == 0:
         return NetworkBound(None, False, "the model has no Linear or convolution layer")
+    if not math.isfinite(product):
+        return NetworkBound(
+            None,
+            False,
+            f"the product of the {n_layers} layers' certified bounds is past the largest float "
+            "(each is finite, their product is not), so it bounds nothing; see the layers' values",
+        )
     return NetworkBound(
         product,
         True,
