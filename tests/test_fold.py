@@ -253,8 +253,9 @@ def test_remove_one_tensor_leaves_the_others():
     assert not is_normalized(layer, "weight") and is_normalized(layer, "bias")
     assert [i.name for i in normalizations(layer)] == ["bias"]
     assert torch.equal(layer.bias, bias)
-    # The bias's legacy-key hook is still there; the weight's is gone.
-    assert len(layer._load_state_dict_pre_hooks) == 1
+    # The bias's legacy-key hook and its range check are still there; the weight's are gone.
+    assert len(layer._load_state_dict_pre_hooks) == 2
+    assert [name for name, _ in layer.__dict__["_paranorm_load_checks"]] == ["bias"]
 
 
 class Double(nn.Module):

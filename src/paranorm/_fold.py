@@ -40,7 +40,7 @@ from ._torch_compat import (
     own_tensor,
     pop_buffer,
 )
-from ._validate import label, tensor_names
+from ._validate import RangeLoadCheck, label, tensor_names
 
 __all__ = ["NormalizationInfo", "fold", "is_normalized", "normalizations", "remove"]
 
@@ -148,7 +148,8 @@ def normalizations(model: nn.Module) -> list[NormalizationInfo]:
 
 
 def _drop_load_pre_hooks(module: nn.Module, name: str) -> None:
-    """Drop torch's leftover load_state_dict pre-hooks for ``name``.
+    """Drop the load_state_dict pre-hooks left for ``name``: paranorm's range check, and
+    torch's leftovers.
 
     torch.nn.utils.parametrizations.weight_norm leaves a local function behind after
     remove_parametrizations (the module then cannot be pickled), and
@@ -161,9 +162,15 @@ def _drop_load_pre_hooks(module: nn.Module, name: str) -> None:
             getattr(hook, "__name__", "") == "_weight_norm_compat_hook"
             and closure_value(hook, "name") == name
         )
-        return torch_wn or (isinstance(hook, SpectralNormLoadStateDictPreHook) and hook.fn.name == name)
+        torch_sn = isinstance(hook, SpectralNormLoadStateDictPreHook) and hook.fn.name == name
+        return torch_wn or torch_sn or (isinstance(hook, RangeLoadCheck) and hook.name == name)
 
     drop_load_state_dict_pre_hooks(module, ours)
+    checks = module.__dict__.get("_paranorm_load_checks")
+    if checks is not None:  # a later registration on ``name`` installs its own check again
+        checks.difference_update({c for c in checks if c[0] == name})
+        if not checks:
+            del module.__dict__["_paranorm_load_checks"]
 
 
 def _restore_parameter(

@@ -23,6 +23,7 @@ from ._sigma.scale import accumulation_dtype, plain_norm_range
 
 __all__ = [
     "LoadCheck",
+    "RangeLoadCheck",
     "check_dim",
     "check_eps",
     "check_normalizable",
@@ -268,18 +269,32 @@ def refuse_out_of_range_loads(
 ) -> None:
     """Refuse, at ``load_state_dict``, values that the registration checks would refuse.
 
-    A load_state_dict pre-hook on ``module``, run after the hook that renames other layouts'
-    keys: it calls ``check(parametrization, incoming)``, ``incoming`` the state_dict's tensors
-    ``parametrizations.<name>.<key>`` by key, which returns (key, problem) or None (one pass
-    over them, one host sync per load), and raises before any tensor of ``module`` is copied.
-    It does nothing unless a ``kind`` parametrization is on ``module.<name>`` (it may have
-    been removed or replaced since; a deep copy keeps the hook and finds its own).
+    A load_state_dict pre-hook on ``module`` (:class:`RangeLoadCheck`), run after the hook
+    that renames other layouts' keys, raises before any tensor of ``module`` is copied. It does
+    nothing unless a ``kind`` parametrization is on ``module.<name>`` (it may have been removed
+    or replaced since; a deep copy keeps the hook and finds its own), and it pickles with the
+    module, so that a folded model still saves whole.
     """
+    installed = module.__dict__.setdefault("_paranorm_load_checks", set())
+    if (name, kind) not in installed:  # once per tensor and kind, however often re-applied
+        installed.add((name, kind))
+        module._register_load_state_dict_pre_hook(RangeLoadCheck(name, kind, check, what, fix), with_module=True)
 
-    def hook(mod: nn.Module, state_dict: Any, prefix: str, *args: Any) -> None:
+
+class RangeLoadCheck:
+    """The pre-hook of :func:`refuse_out_of_range_loads`: ``check(parametrization, incoming)``,
+    ``incoming`` the state_dict's tensors ``parametrizations.<name>.<key>`` by key, returns
+    (key, problem) or None (one pass over them, one host sync per load). A class, not a
+    closure: a module's hooks are pickled with it."""
+
+    def __init__(self, name: str, kind: type[nn.Module], check: LoadCheck, what: str, fix: str) -> None:
+        self.name, self.kind, self.check, self.what, self.fix = name, kind, check, what, fix
+
+    def __call__(self, mod: nn.Module, state_dict: Any, prefix: str, *args: Any) -> None:
+        name = self.name
         if not parametrize.is_parametrized(mod, name):
             return
-        found = next((p for p in mod.parametrizations[name] if isinstance(p, kind)), None)  # type: ignore[index]
+        found = next((p for p in mod.parametrizations[name] if isinstance(p, self.kind)), None)  # type: ignore[index]
         if found is None:
             return
         head = f"{prefix}parametrizations.{name}."
@@ -287,17 +302,12 @@ def refuse_out_of_range_loads(
             k[len(head):]: v for k, v in state_dict.items()
             if k.startswith(head) and isinstance(v, torch.Tensor)
         }  # fmt: skip
-        failed = check(found, incoming)
+        failed = self.check(found, incoming)
         if failed is not None:
             key, problem = failed
             where = f"{label(mod, name)} (state_dict key {head + key!r})"
             raise ParanormError(
                 "load_state_dict: "
-                + _range_message(where, problem, what, incoming[key].dtype, fix)
+                + _range_message(where, problem, self.what, incoming[key].dtype, self.fix)
                 + " The module is unchanged."
             )
-
-    installed = module.__dict__.setdefault("_paranorm_load_checks", set())
-    if (name, kind) not in installed:  # once per tensor and kind, however often re-applied
-        installed.add((name, kind))
-        module._register_load_state_dict_pre_hook(hook, with_module=True)
