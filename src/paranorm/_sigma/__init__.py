@@ -4,7 +4,10 @@ Pure tensor math, no module state: the weight viewed as a matrix (:mod:`.matrix`
 operator and its geometry (:mod:`.geometry`, :mod:`.operator`, :mod:`.layer`), and one module
 per method of estimating sigma (:mod:`.power`, :mod:`.fourier`, :mod:`.gram`, :mod:`.dense`),
 listed in one table, :data:`.methods.METHODS`, that ``paranorm.sigma``,
-``paranorm.spectral_norm`` and the Lipschitz report all read.
+``paranorm.spectral_norm`` and the Lipschitz report all read. Around them: what a weight must be
+before a kernel sees it (:mod:`.checks`), exact power-of-two rescaling so that no magnitude
+overflows or underflows (:mod:`.scale`), and what a method costs before it starts
+(:mod:`.cost`).
 """
 
 from .methods import METHODS as METHODS
