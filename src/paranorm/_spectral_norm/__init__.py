@@ -167,11 +167,12 @@ def spectral_norm(
     while max|W| lies in about [eps, 9e18] for float32 and bfloat16 ([eps, 7e153] for
     float64; float16 its whole range), and registration and ``load_state_dict`` into the
     module refuse a weight outside [4 eps sqrt(numel), sqrt(max / 4 numel)] (float32,
-    numel = 1000: 1.3e-10 .. 2.9e17), naming the tensor. "power", "fft" and "gram" work on
-    W / 2^k (exact) and normalize any finite weight whose sigma is below the largest number
-    of the working dtype: float32 and bfloat16 about 3e-42 .. 8e37, float64 2e-316 .. 4e307,
-    float16 its whole range. Not guarded: weights that training moves out of "reshape"'s
-    range (a check on every step would cost a host sync).
+    numel = 1000: 1.3e-10 .. 2.9e17), naming the tensor. "power", "fft" and "gram" take sigma
+    of W / 2^k (exact) and divide in that unit, so they normalize every finite weight: float32
+    1.4e-45 .. 1.7e38, bfloat16 9.2e-41 .. 1.7e38, float64 4.9e-324 .. 9.0e307 (the smallest
+    subnormal to the largest power of two below the dtype's maximum), float16 its whole range.
+    Not guarded: weights that training moves out of "reshape"'s range (a check on every step
+    would cost a host sync).
 
     Returns:
         ``module``, parametrized.

@@ -23,10 +23,10 @@ by the size-independent "gram" bound, so the layer is never more than 1-Lipschit
 "fft" and "gram" take neither ``n_power_iterations`` nor ``eps`` (passing them is an error);
 "gram" takes ``iterations=`` (Gram steps).
 
-Magnitudes: each method works on W / 2^k, 2^k a power of two near max|W| (exact, and the
-gradient is unchanged), and multiplies sigma back, so any finite weight is normalized
-correctly, from subnormal entries to the largest (as long as sigma itself is below the
-largest number of the working dtype, float32 for float32 and half weights). Costs: the work
+Magnitudes: each method takes sigma of W / 2^k, 2^k a power of two near max|W| (exact, and
+the gradient is unchanged), and divides in that unit, (W / 2^k) / sigma(W / 2^k), so any
+finite weight is normalized correctly, from subnormal entries to the largest, also where
+sigma itself is past the dtype's range (see ``benchmarks/scale_range.py``). Costs: the work
 and memory of the warm-up and of each forward at an input shape are estimated when the shape
 is given or first seen, and a shape past the limits of :mod:`paranorm._sigma.cost` (1 GiB,
 1e11 multiply-adds) is refused unless ``allow_large=True``; a shape first seen by the
