@@ -140,12 +140,12 @@ def gram_cost(layer: Layer, shape: tuple[int, ...] | None, iterations: int) -> C
         return Cost(16.0 * 3 * entries, work, f"{iterations} Gram steps on the kernel's DFT matrices")
     c = min(weight.shape[0] // geo.groups, weight.shape[1])
     memory = work = 0.0
-    for step in range(iterations):
+    for step in range(iterations + 1):  # the last DFT, of the last kernel, has no product
         points = [2 ** (step + 1) * (k - 1) + 1 for k in weight.shape[2:]]
         points[-1] = points[-1] // 2 + 1
         entries = math.prod(points) * geo.groups * float(c) ** 2
         memory = max(memory, 16.0 * 3 * entries)
-        work += entries * c
+        work += entries * c if step < iterations else entries
     return Cost(memory, work, f"{iterations} kernel-domain Gram steps (the kernel doubles each step)")
 
 

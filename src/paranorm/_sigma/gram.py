@@ -14,6 +14,7 @@ import torch
 
 from .._errors import ParanormError
 from .certify import certified
+from .cost import MAX_BYTES
 from .fourier import circular_matrices, is_circular
 from .geometry import pad_copies
 from .layer import Layer
@@ -26,12 +27,14 @@ __all__ = [
     "GRAM_KERNEL_BUDGET",
     "GRAM_MATRIX_ITERATIONS",
     "GRAM_MAX_ITERATIONS",
+    "GRAM_TOLERANCE",
     "check_iterations",
     "gram_estimate",
     "gram_iteration",
     "gram_iterations",
     "kernel_gram_bound",
     "kernel_gram_iterations",
+    "symbol_sup",
 ]
 
 GRAM_MATRIX_ITERATIONS = 10
@@ -45,6 +48,9 @@ GRAM_KERNEL_BUDGET = 4e9
 #: the range of floating point well before N = 1000 (2^-1075 is 0 in float64: the bound
 #: would read 1 for any weight).
 GRAM_MAX_ITERATIONS = 40
+#: pn.sigma's kernel-domain bound stops adding steps once it is within this (relative) of a
+#: lower estimate, sigma at the frequencies it sampled.
+GRAM_TOLERANCE = 1e-2
 
 
 #: Relative widening, in ulps of the working dtype, of a bound computed without ``precise``.
@@ -104,91 +110,201 @@ def gram_iteration(matrices: torch.Tensor, n_iterations: int) -> torch.Tensor:
     return torch.linalg.matrix_norm(g) ** scale * torch.exp(scale * log_scale)
 
 
-#: Taps of the kernel-domain bound's last kernel whose spectral norm is taken exactly.
-EXACT_TAPS = 256
+#: The kernel-domain bound takes the exact spectral norm of its last kernel's largest taps
+#: while that costs at most this many multiply-adds (taps x c^3), the Frobenius norm beyond.
+EXACT_TAPS_WORK = 5e7
+#: The most points of the fine frequency grid on which a Schatten bound samples its
+#: polynomial (:func:`symbol_sup`); past it, that step's Schatten bound is skipped.
+MAX_SYMBOL_POINTS = 2**20
+#: Relative slack, per Gram step, that the sampling of the symbol may add to the bound.
+SAMPLING_SLACK = 1e-4
 
 
-def kernel_gram_bound(weight: torch.Tensor, groups: int, n_iterations: int) -> torch.Tensor:
+def kernel_gram_bound(
+    weight: torch.Tensor, groups: int, n_iterations: int, tolerance: float | None = None
+) -> torch.Tensor:
     """A bound on sigma of the convolution by ``weight`` that holds for every input size.
 
     Delattre, Barthelemy, Allauzen 2024 (arXiv 2402.00240): the kernel of A A^H (A^H A on the
-    smaller channel side) is squared N - 1 times, rescaled as in Gram iteration, so its symbol
-    is H_N(w) = (K(w) K(w)^H)^(2^(N-1)) exp(-L). Then sigma(w)^(2^N) = lambda_max(H_N(w)) e^L
-    <= max_i sum_{j,x} |K_N[i, j, x]| e^L for every frequency w (Gershgorin, and
-    |H_N(w)_ij| <= sum_x |K_N[i, j, x]|), hence for zero, circular or no padding at any size:
-    sigma <= max_i (sum_{j,x} |K_N[i,j,x]|)^(2^-N) exp(2^-N L). The triangle inequality over
-    the taps gives a second bound, (sum_x ||K_N[x]||_2)^(2^-N) exp(2^-N L), tighter for many
-    channels; the smaller of the two is returned.
+    smaller channel side) is squared N - 1 times, rescaled as in Gram iteration, so that the
+    symbol of step s is G_s(w) = (K(w) K(w)^H)^(2^(s-1)) e^(-L_s), and sigma^(2^s) =
+    sup_w ||G_s(w)|| e^(L_s). Three bounds on sup_w ||G_s(w)|| are taken, the smallest kept:
+
+    - Schatten, at every step: ||G_s(w)|| <= ||G_s(w)||_F, whose square q_s(w) is a
+      trigonometric polynomial; its sup comes from samples (:func:`symbol_sup`). This is the
+      Gram iteration of the 2023 paper at every frequency at once, and it needs no product.
+    - Gershgorin on the last kernel's taps (the 2024 paper's): max_i sum_{j,x} |K_N[i, j, x]|.
+    - The triangle inequality over the taps, sum_x ||K_N[x]||_2 (exact for the largest taps,
+      Frobenius for the rest), which does not grow with the channel count.
 
     Each product is taken on the DFT of the current kernel on a grid as large as the product's
-    support (2 S - 1 for a kernel of support S), so no tap wraps and each inverse DFT is the
-    product's kernel exactly (up to rounding); the grid doubles per step, so the last step
-    costs most. A shift of the kernel multiplies its symbol by a phase, which H H^H cancels.
-    Dilation spreads the same taps and changes nothing in the bound; groups are bounded each
-    and the max taken.
+    support (2 S - 1 for a kernel of support S), so no tap wraps; the grid doubles per step,
+    so the last step costs most. With ``tolerance``, the steps stop once the bound is within
+    that (relative) of a lower estimate: the top eigenvalue of G_s at the sampled frequencies,
+    by power steps, is sigma at one of them. Dilation spreads the same taps and changes nothing
+    in the bound; groups are bounded each and the max taken.
     """
+    return _kernel_gram(weight, groups, n_iterations, tolerance)[0]
+
+
+def _kernel_gram(
+    weight: torch.Tensor, groups: int, n_iterations: int, tolerance: float | None
+) -> tuple[torch.Tensor, int]:
+    """:func:`kernel_gram_bound` and the products it took."""
     spatial = weight.ndim - 2
+    dims = tuple(range(1, 1 + spatial))
     o, i = weight.shape[:2]
-    kernel = weight.reshape(groups, o // groups, i, *weight.shape[2:])
-    if kernel.shape[1] > kernel.shape[2]:
+    # Taps first, (g, *taps, c, c'): the DFT runs over the tap axes and leaves the per-frequency
+    # matrices contiguous for the products.
+    kernel = weight.reshape(groups, o // groups, i, *weight.shape[2:]).movedim((1, 2), (-2, -1))
+    if kernel.shape[-2] > kernel.shape[-1]:
         # A^H A: the adjoint's kernel is the channel transpose (its spatial flip is a phase).
-        kernel = kernel.transpose(1, 2)
+        kernel = kernel.transpose(-2, -1)
     real = weight.dtype
     tiny = torch.finfo(real).tiny
-    r = torch.linalg.vector_norm(kernel.flatten(1), dim=1).clamp_min(tiny)
     log_scale = torch.zeros(groups, dtype=real, device=weight.device)
-    kernel = kernel / r.reshape(-1, *([1] * (kernel.ndim - 1)))
-    log_scale = 2 * torch.log(r)
-    for step in range(n_iterations):
-        if step:
-            # Any positive rescaling is exact as long as L tracks it; the largest entry keeps
-            # the powers in range.
-            r = kernel.abs().flatten(1).amax(dim=1).clamp_min(tiny)
-            kernel = kernel / r.reshape(-1, *([1] * (kernel.ndim - 1)))
-            log_scale = 2 * (log_scale + torch.log(r))
-        support = kernel.shape[3:]
-        grid = [2 * n - 1 for n in support]
-        dims = tuple(range(3, 3 + spatial))
-        k_hat = torch.fft.rfftn(kernel, s=grid, dim=dims)  # (g, c, c', *freq)
-        # contiguous(): torch 2.13's inductor differentiates a complex matmul of this
+    best: torch.Tensor | None = None  # (g,) the smallest bound so far
+    step = 0
+    while True:
+        # Any positive rescaling is exact as long as L tracks it: the Frobenius norm first,
+        # then the largest entry, keep the powers in range.
+        rest = tuple(range(1, kernel.ndim))
+        r = (torch.linalg.vector_norm(kernel, dim=rest) if step == 0 else kernel.abs().amax(dim=rest)).clamp_min(tiny)
+        kernel = kernel / r.reshape(-1, *([1] * (kernel.ndim - 1)))
+        log_scale = 2 * (log_scale + torch.log(r))  # L_(s+1)
+        power = 2.0 ** -(step + 1)
+        support = kernel.shape[1 : 1 + spatial]
+        # The product's support, 2 S - 1, on a grid of fast DFT sizes at least that large.
+        grid = [_fft_size(2 * n - 1) for n in support]
+        k_hat = torch.fft.rfftn(kernel, s=grid, dim=dims)  # (g, *freq, c, c')
+        frobenius = torch.linalg.vector_norm(k_hat, dim=(-2, -1)).square()  # (g, *freq)
+        schatten = symbol_sup(frobenius, grid, [n - 1 for n in support], step)
+        bound = schatten**power * torch.exp(power * log_scale)
+        best = bound if best is None else torch.minimum(best, bound)
+        done = step == n_iterations
+        if tolerance is not None and step and not done:
+            # Within ``tolerance`` of sigma at a sampled frequency (a lower estimate): stop.
+            lower = _top_eigenvalue(k_hat) ** (2 * power) * torch.exp(power * log_scale)
+            done = bool(best.amax() <= lower.amax() * (1 + tolerance))
+        if done:
+            taps = _tap_bounds(kernel, hermitian=step > 0)
+            return torch.minimum(best, taps**power * torch.exp(power * log_scale)).amax(), step
+        # contiguous(): torch 2.13's inductor differentiates a complex matmul of a
         # non-contiguous view wrongly (torch.compile gave gradients 0.26 off in 0.39).
-        mats = k_hat.permute(0, *range(3, 3 + spatial), 1, 2).contiguous()  # (g, *freq, c, c')
-        prod = mats @ mats.mH
-        prod = prod.permute(0, spatial + 1, spatial + 2, *range(1, spatial + 1))
-        # The product's kernel fills its grid, offsets -(S-1)..(S-1) stored circularly; roll
-        # them contiguous (a global shift) so that the next zero-padded DFT sees one kernel.
-        kernel = torch.roll(
-            torch.fft.irfftn(prod, s=grid, dim=dims), [n - 1 for n in support], dims
-        )
-    # Two bounds on sup_w ||H_N(w)||, both certified; the smaller is kept. Gershgorin on the
-    # taps' absolute values (the 2024 paper's), and the triangle inequality over the taps,
-    # ||sum_x K_N[x] e^(i w.x)|| <= sum_x ||K_N[x]||_2, which avoids Gershgorin's growth with
-    # the channel count.
-    row_sums = kernel.abs().flatten(3).sum(dim=3).sum(dim=2).amax(dim=1)  # (g,)
-    taps = kernel.flatten(3).permute(0, 3, 1, 2)  # (g, taps, c, c)
-    # ||K||_2 <= ||K||_F: the exact spectral norm for the largest taps, Frobenius (free) for
-    # the many small ones that contribute little.
+        k_hat = k_hat.contiguous()
+        product = k_hat @ k_hat.mH
+        # The product's kernel has offsets -(S-1)..(S-1), stored circularly on the grid: roll
+        # them contiguous (a global shift) and keep them, so that the next zero-padded DFT
+        # sees one kernel.
+        kernel = torch.roll(torch.fft.irfftn(product, s=grid, dim=dims), [n - 1 for n in support], dims)
+        for axis, n in zip(dims, support, strict=True):
+            kernel = kernel.narrow(axis, 0, 2 * n - 1)
+        step += 1
+
+
+@torch.no_grad()
+def _top_eigenvalue(k_hat: torch.Tensor, iterations: int = 4) -> torch.Tensor:
+    """A lower estimate of the largest eigenvalue among the Hermitian PSD matrices ``k_hat``
+    (g, *freq, c, c), per group: a few power steps from each matrix's column of largest
+    diagonal entry (after Gram steps the top eigenvalue stands well apart), Rayleigh quotients."""
+    mats = k_hat.flatten(1, -3)  # (g, F, c, c)
+    column = torch.diagonal(mats, dim1=-2, dim2=-1).real.argmax(dim=-1)  # (g, F)
+    v = mats.gather(-1, column[..., None, None].expand(*mats.shape[:-1], 1))
+    for _ in range(iterations):
+        v = mats @ v
+        v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(torch.finfo(v.real.dtype).tiny)
+    return (v.mH @ (mats @ v)).real.flatten(1).amax(dim=1)
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 5-smooth number (2^a 3^b 5^c) at least ``n``: a fast DFT length."""
+    best = 1 << max(n - 1, 0).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _tap_bounds(kernel: torch.Tensor, hermitian: bool) -> torch.Tensor:
+    """Bounds on sup_w ||sum_x K[x] e^(-i w.x)||^2 per group from the taps of ``kernel``
+    (g, *taps, c, c'): the triangle inequality over the taps, and Gershgorin's row sums where
+    the symbol is Hermitian (``hermitian``); the smaller of the two, squared."""
+    taps = kernel.flatten(1, -3)  # (g, taps, c, c')
     fro = torch.linalg.matrix_norm(taps)  # (g, taps)
-    top = fro.topk(min(EXACT_TAPS, fro.shape[1]), dim=1).indices
+    # ||K||_2 <= ||K||_F: the exact spectral norm for the largest taps, as many as cost little.
+    c = min(taps.shape[2:])
+    n_exact = min(fro.shape[1], max(1, int(EXACT_TAPS_WORK / float(c) ** 3)))
+    top = fro.topk(n_exact, dim=1).indices
     chosen = taps.gather(1, top[..., None, None].expand(-1, -1, *taps.shape[2:]))
     exact = torch.linalg.matrix_norm(chosen, ord=2)
     tap_sums = fro.sum(dim=1) - fro.gather(1, top).sum(dim=1) + exact.sum(dim=1)  # (g,)
-    scale = 2.0**-n_iterations
-    return (torch.minimum(row_sums, tap_sums) ** scale * torch.exp(scale * log_scale)).amax()
+    if hermitian:
+        row_sums = taps.abs().sum(dim=(1, 3)).amax(dim=1)  # (g,)
+        tap_sums = torch.minimum(tap_sums, row_sums)
+    return tap_sums.square()
+
+
+def symbol_sup(samples: torch.Tensor, grid: list[int], degrees: list[int], step: int) -> torch.Tensor:
+    """An upper bound on sup_w q(w) per group, from ``samples`` (g, *freq) of a nonnegative
+    trigonometric polynomial q of ``degrees`` D_a per axis at the frequencies of a ``grid`` of
+    at least 2 D_a + 1 points (the last axis halved: q is even).
+
+    The samples fix q's coefficients (inverse DFT); q is then evaluated on a finer grid of m_a
+    points per axis, and Bernstein's inequality (|f''| <= s^2 sup |f| for f of exponential
+    type s) on the line from the maximizer to the nearest fine point, at most pi / m_a away per
+    axis, gives sup q <= max_fine q / (1 - x^2 / 2), x = pi sum_a D_a / m_a. The fine grid is
+    chosen so that this widens the ``step``-th Schatten bound, q^(2^-(step + 1)), by at most
+    SAMPLING_SLACK; where that needs more than MAX_SYMBOL_POINTS points, fewer are taken (the
+    bound stays certified, a little wider), and inf is returned if even 4 d points per degree
+    would not fit.
+    """
+    d = len(grid)
+    axes = tuple(range(1, 1 + d))
+    coefficients = torch.fft.irfftn(samples, s=grid, dim=axes)
+    if max(degrees) == 0:  # a 1 x 1 kernel: q is constant
+        return coefficients.flatten(1)[:, 0].abs()
+    # Target x: (1 - x^2 / 2)^(-2^-(step + 1)) <= 1 + SAMPLING_SLACK.
+    x = math.sqrt(2 * (1 - (1 + SAMPLING_SLACK) ** -(2.0 ** (step + 1))))
+    nonzero = [D for D in degrees if D]
+    rho = math.pi * len(nonzero) / x  # points per degree on each axis
+    most = (MAX_SYMBOL_POINTS / math.prod(nonzero)) ** (1 / len(nonzero))
+    if most < 4 * len(nonzero):
+        return torch.full(samples.shape[:1], math.inf, dtype=samples.dtype, device=samples.device)
+    rho = min(rho, most)
+    fine = [_fft_size(max(2 * D + 1, math.ceil(rho * D))) for D in degrees]
+    x = math.pi * sum(D / m for D, m in zip(degrees, fine, strict=True))
+    # Offsets -D..D, stored circularly, rolled to 0..2D and kept: a phase, which |q| ignores.
+    rolled = torch.roll(coefficients, degrees, axes)
+    for axis, D in zip(axes, degrees, strict=True):
+        rolled = rolled.narrow(axis, 0, 2 * D + 1)
+    values = torch.fft.rfftn(rolled, s=fine, dim=axes).abs()
+    return values.flatten(1).amax(dim=1) / (1 - x * x / 2)
 
 
 def kernel_gram_iterations(
     weight: torch.Tensor, groups: int, budget: float = 2e9, most: int = 6
 ) -> int:
     """The most steps (2..``most``) of :func:`kernel_gram_bound` whose last product costs at
-    most ``budget`` multiply-adds: a grid of 2^N (k - 1) + 1 points per axis (half of the last
-    axis), times c^3 for the smaller channel side c."""
+    most ``budget`` multiply-adds and whose last DFT fits in half of MAX_BYTES: the product of
+    step N - 1 is on a grid of 2^N (k - 1) + 1 points per axis (half of the last axis), times
+    c^3 for the smaller channel side c, the last DFT on twice that grid per axis, times c^2."""
     c = min(weight.shape[0] // groups, weight.shape[1])
+
+    def points(grid_step: int) -> int:
+        sizes = [2**grid_step * (k - 1) + 1 for k in weight.shape[2:]]
+        sizes[-1] = sizes[-1] // 2 + 1
+        return math.prod(sizes) * groups
+
     n = 2
     while n < most:
-        points = [2 ** (n + 1) * (k - 1) + 1 for k in weight.shape[2:]]
-        points[-1] = points[-1] // 2 + 1
-        if math.prod(points) * groups * c**3 > budget:
+        if points(n + 1) * c**3 > budget or 16.0 * 3 * points(n + 2) * c**2 > MAX_BYTES / 2:
             break
         n += 1
     return n
@@ -221,7 +337,11 @@ def gram_estimate(
     else:
         circular_exact = geo.padding_mode == "circular" and geo.pads_wrap_exactly
         copies = 1 if geo.transposed or circular_exact else pad_copies(geo, shape)
-        value = kernel_gram_bound(weight, geo.groups, n) * math.sqrt(copies)
+        # Steps stop early once converged, unless the caller asked for a number of them (the
+        # parametrizations' forward keeps a fixed number: no data-dependent control flow).
+        tolerance = GRAM_TOLERANCE if precise and iterations is None else None
+        value, n = _kernel_gram(weight, geo.groups, n, tolerance)
+        value = value * math.sqrt(copies)
     if precise:
         return SigmaResult(certified(value * scale, dtype), "upper", "gram", n)
     # In the weight's precision, the steps' rounding can leave a converged bound an ulp or two
