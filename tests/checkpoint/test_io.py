@@ -26,7 +26,6 @@ import pytest
 import torch
 
 from paranorm import CheckpointError, _files
-from paranorm.checkpoint import io as checkpoint_io
 from paranorm.checkpoint.io import limits, nbytes, read_checkpoint, write_checkpoint
 from paranorm.cli import main
 
