@@ -303,3 +303,23 @@ def test_integer_inputs_by_dtype_and_range(capsys, tmp_path) -> None:
     for bad, message in ((["--input-dtype", "int3"], "not a dtype"), (["--input-range", "5,5"], "not a range")):
         code, _, err = run(capsys, "inspect", "--model", spec, "--input-shape", "7", "--input-dtype", "int64", *bad)
         assert code == 1 and message in err
+
+
+def test_allow_large_lifts_the_size_limits(capsys, tmp_path, monkeypatch) -> None:
+    # Below the default limits, lowered here so that a small layer is "large".
+    from paranorm._sigma import cost
+
+    monkeypatch.setattr(cost, "SVD_MAX_SIDE", 4)
+    torch.manual_seed(0)
+    path = tmp_path / "linear.pt"
+    torch.save({"fc.weight": torch.randn(6, 5)}, path)
+    code, out, err = run(capsys, "inspect", str(path), "--methods", "svd", "--json")
+    assert code == 0, err
+    (layer,) = json.loads(out)["layers"]
+    assert layer["estimates"]["svd"]["value"] is None
+    assert "--allow-large" in layer["estimates"]["svd"]["error"]
+    code, out, err = run(capsys, "inspect", str(path), "--methods", "svd", "--json", "--allow-large")
+    assert code == 0, err
+    (layer,) = json.loads(out)["layers"]
+    exact = torch.linalg.matrix_norm(torch.load(path)["fc.weight"].double(), ord=2).item()
+    assert layer["estimates"]["svd"]["value"] == pytest.approx(exact, rel=1e-6)

@@ -197,7 +197,7 @@ def check_cost(
     raise ParanormError(
         f"method={method!r} for {where}{at} is above its limit: {cost.what} needs about "
         f"{_human(cost.bytes, 'B')} of memory and {cost.work:.3g} multiply-adds, past "
-        f"the limit of {'; '.join(over)}. Pass allow_large=True to run it anyway, or use a "
+        f"the limit of {'; '.join(over)}. Pass allow_large=True (paranorm inspect: --allow-large) to run it anyway, or use a "
         "smaller input_shape (or fewer iterations), or a cheaper method ('gram' bounds a "
         "zero-padded conv at any input size)."
     )

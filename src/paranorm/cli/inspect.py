@@ -105,6 +105,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help=(
+            "compute estimates that would take more than 1 GiB of memory or about a minute of "
+            "work for one layer (by default such a layer's column reads n/a and says why)"
+        ),
+    )
+    parser.add_argument(
         "--json", action="store_true", help="print the report as JSON instead of a table"
     )
     parser.add_argument(
@@ -300,7 +308,8 @@ def build_report(
                 "or groups, so the operator at that shape is unknown; pass --model to use it"
             )
         report = state_dict_report(
-            state_dict, source=os.path.basename(args.target), methods=methods, on_layer=on_layer
+            state_dict, source=os.path.basename(args.target), methods=methods, on_layer=on_layer,
+            allow_large=args.allow_large,
         )
         return report, notes
     if not shapes:
@@ -314,7 +323,8 @@ def build_report(
     inputs = _example_inputs(model, shapes, args.input_dtype or [], args.input_range)
     try:
         report = lipschitz_report(
-            model, inputs[0] if len(inputs) == 1 else tuple(inputs), methods=methods, on_layer=on_layer
+            model, inputs[0] if len(inputs) == 1 else tuple(inputs), methods=methods, on_layer=on_layer,
+            allow_large=args.allow_large,
         )
     except ParanormError as error:
         if "failed on example_input" not in error.detail or args.input_dtype:
