@@ -43,7 +43,7 @@ PUBLIC = {
     'pn.fast_paths_enabled': "() -> 'bool'",
     'pn.fold': "(model: 'nn.Module') -> 'nn.Module'",
     'pn.is_normalized': "(module: 'nn.Module', name: 'str' = 'weight') -> 'bool'",
-    'pn.lipschitz_report': "(model: 'nn.Module', example_input: 'torch.Tensor | Sequence[torch.Tensor]', *, methods: 'Sequence[str]' = ('reshape', 'power', 'bound'), seed: 'int' = 0, on_layer: 'Callable[[int, int, str], None] | None' = None, allow_large: 'bool' = False) -> 'LipschitzReport'",
+    'pn.lipschitz_report': "(model: 'nn.Module', example_input: 'torch.Tensor | Sequence[torch.Tensor]', *, methods: 'Sequence[str]' = ('reshape', 'power', 'bound'), seed: 'int' = 0, on_layer: 'Callable[[int, int, str], None] | None' = None, allow_large: 'bool' = False, tolerance: 'float | None' = None) -> 'LipschitzReport'",
     'pn.nn': 'module',
     'pn.nn.CONV_NORMALIZATIONS': None,
     'pn.nn.ConvLayerNorm': ['class', "(normalized_shape: 'int | list[int] | tuple[int, ...] | torch.Size', **kwargs: 'Any') -> 'None'", None],
@@ -62,9 +62,9 @@ PUBLIC = {
     'pn.register_norm': "(name: 'str', fn: 'NormFn', *, overwrite: 'bool' = False) -> 'None'",
     'pn.remove': "(module: 'nn.Module', name: 'str' = 'weight') -> 'nn.Module'",
     'pn.set_fast_paths': "(enabled: 'bool') -> 'bool'",
-    'pn.sigma': "(module_or_weight: 'nn.Module | torch.Tensor', method: 'str' = 'power', input_shape: 'Sequence[int] | None' = None, iterations: 'int | None' = None, *, allow_large: 'bool' = False, **layer_args: 'Any') -> 'SigmaResult'",
+    'pn.sigma': "(module_or_weight: 'nn.Module | torch.Tensor', method: 'str' = 'power', input_shape: 'Sequence[int] | None' = None, iterations: 'int | None' = None, *, allow_large: 'bool' = False, tolerance: 'float | None' = None, **layer_args: 'Any') -> 'SigmaResult'",
     'pn.spectral_norm': "(module: 'nn.Module', name: 'str' = 'weight', n_power_iterations: 'int' = 1, eps: 'float' = 1e-12, dim: 'int | None' = None, *, method: 'str' = 'reshape', coeff: 'float | None' = None, input_shape: 'Sequence[int] | None' = None, **method_options: 'Any') -> 'nn.Module'",
-    'pn.state_dict_report': "(state_dict: 'Mapping[str, Any]', *, source: 'str' = 'state_dict', methods: 'Sequence[str]' = ('reshape', 'power', 'bound'), seed: 'int' = 0, on_layer: 'Callable[[int, int, str], None] | None' = None, allow_large: 'bool' = False) -> 'LipschitzReport'",
+    'pn.state_dict_report': "(state_dict: 'Mapping[str, Any]', *, source: 'str' = 'state_dict', methods: 'Sequence[str]' = ('reshape', 'power', 'bound'), seed: 'int' = 0, on_layer: 'Callable[[int, int, str], None] | None' = None, allow_large: 'bool' = False, tolerance: 'float | None' = None) -> 'LipschitzReport'",
     'pn.weight_norm': "(module: 'nn.Module', name: 'str' = 'weight', dim: 'int | None' = 0, *, eps: 'float' = 0.0) -> 'nn.Module'",
 }
 

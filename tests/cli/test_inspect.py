@@ -323,3 +323,21 @@ def test_allow_large_lifts_the_size_limits(capsys, tmp_path, monkeypatch) -> Non
     (layer,) = json.loads(out)["layers"]
     exact = torch.linalg.matrix_norm(torch.load(path)["fc.weight"].double(), ord=2).item()
     assert layer["estimates"]["svd"]["value"] == pytest.approx(exact, rel=1e-6)
+
+
+def test_fast_takes_fewer_gram_steps_for_a_bound_that_still_holds(capsys, tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "conv.pt"
+    weight = torch.randn(32, 32, 7)
+    torch.save({"conv.weight": weight}, path)
+    found = {}
+    for flags in ([], ["--fast"]):
+        code, out, err = run(capsys, "inspect", str(path), "--json", *flags)
+        assert code == 0, err
+        (layer,) = json.loads(out)["layers"]
+        found[bool(flags)] = layer["estimates"]["bound"]
+    # The same bound with fewer steps: at least as large, and above sigma on a fine grid.
+    k_hat = torch.fft.rfft(weight.double(), n=4096, dim=-1).permute(2, 0, 1)
+    truth = torch.linalg.matrix_norm(k_hat, ord=2).max().item()
+    assert found[True]["iterations"] < found[False]["iterations"]
+    assert truth <= found[False]["value"] <= found[True]["value"] <= truth * 1.05

@@ -97,3 +97,33 @@ def test_fft_sizes_are_fast_and_large_enough():
             while rest % p == 0:
                 rest //= p
         assert rest == 1
+
+
+def test_a_looser_tolerance_takes_fewer_steps_and_stays_certified():
+    torch.manual_seed(5)
+    conv = nn.Conv1d(24, 24, 7, padding=3)
+    truth = symbol_sup_oracle(conv.weight.detach().double())
+    results = {tol: pn.sigma(conv, "gram", tolerance=tol) for tol in (0.0, 0.01, 0.05, 0.3)}
+    steps = [r.iterations for r in results.values()]
+    values = [float(r) for r in results.values()]
+    assert steps == sorted(steps, reverse=True) and steps[0] > steps[-1]
+    assert values == sorted(values)  # fewer steps: a bound at least as large
+    assert all(v >= truth for v in values)
+    assert values[2] <= truth * 1.05 and values[1] <= truth * 1.01
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "match"),
+    [
+        ("gram", {"tolerance": -0.1}, "finite number >= 0"),
+        ("gram", {"tolerance": float("nan")}, "finite number >= 0"),
+        ("gram", {"tolerance": True}, "finite number >= 0"),
+        ("gram", {"tolerance": 0.1, "iterations": 3}, "pass one of them"),
+        ("power", {"tolerance": 0.1, "input_shape": (4, 8)}, "method='gram' only"),
+    ],
+)
+def test_bad_tolerance_is_refused(method, kwargs, match):
+    with pytest.raises(pn.ParanormError, match=match):
+        pn.sigma(nn.Conv1d(4, 4, 3), method, **kwargs)
+    with pytest.raises(pn.ParanormError, match="finite number >= 0"):
+        pn.state_dict_report({"w": torch.randn(4, 4, 3)}, tolerance=-1)

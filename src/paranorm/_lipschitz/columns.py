@@ -23,6 +23,7 @@ __all__ = [
     "TABLE_TITLES",
     "check_methods",
     "estimate",
+    "gram_options",
     "layer_method",
     "unestimated",
     "weight_problem",
@@ -74,6 +75,11 @@ def estimate(target: nn.Module | torch.Tensor, method: str, **options: Any) -> E
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         return Estimate(method, None, None, None, f"torch failed while computing it: {first}")
     return Estimate(result.method, float(result), result.kind, result.iterations)
+
+
+def gram_options(method: str, tolerance: float | None) -> dict[str, float]:
+    """The ``tolerance`` keyword for a "gram" estimate, when one is given."""
+    return {"tolerance": tolerance} if method == "gram" and tolerance is not None else {}
 
 
 def weight_problem(name: str, weight: torch.Tensor) -> str | None:

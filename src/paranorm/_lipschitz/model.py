@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from .._errors import ParanormError, entry_point
 from .._normalization import find_normalization
+from .._sigma.gram import check_tolerance
 from .._sigma.layer import CONV, CONV_TRANSPOSE, LINEAR, OPERATOR_LAYERS
 from .._torch_compat import own_tensor
 from .chain import chain_bound
@@ -27,6 +28,7 @@ from .columns import (
     DEFAULT_METHODS,
     check_methods,
     estimate,
+    gram_options,
     layer_method,
     unestimated,
     weight_problem,
@@ -92,6 +94,7 @@ def _report_layer(
     input_shapes: list[tuple[int, ...] | None],
     methods: tuple[str, ...],
     allow_large: bool = False,
+    tolerance: float | None = None,
 ) -> list[LayerReport]:
     name = path or "(model)"
     weight: torch.Tensor = module.weight  # type: ignore[assignment]  # found as a tensor
@@ -130,7 +133,10 @@ def _report_layer(
                 estimates[column] = Estimate(method, None, None, None, why)
                 continue
             shape_arg = input_shape if needs_shape else None
-            estimates[column] = estimate(module, method, input_shape=shape_arg, allow_large=allow_large)
+            options = gram_options(method, tolerance)
+            estimates[column] = estimate(
+                module, method, input_shape=shape_arg, allow_large=allow_large, **options
+            )
         estimates = withdraw_contradicted(estimates, isinstance(module, LINEAR), weight.dtype)
         rows.append(
             LayerReport(
@@ -155,6 +161,7 @@ def lipschitz_report(
     seed: int = 0,
     on_layer: Callable[[int, int, str], None] | None = None,
     allow_large: bool = False,
+    tolerance: float | None = None,
 ) -> LipschitzReport:
     """Report each weighted layer's sigmas at the input shape it sees, and a chain bound if one holds.
 
@@ -176,6 +183,8 @@ def lipschitz_report(
         on_layer: called as ``on_layer(done, total, name)`` after each layer (progress bars).
         allow_large: compute estimates past the cost limits of :func:`paranorm.sigma` (1 GiB,
             1e12 multiply-adds); off, such an estimate is n/a and says what it would cost.
+        tolerance: the stopping tolerance of the "gram" column (and of a gram "bound"), as
+            for :func:`paranorm.sigma`; None: its default (1%).
 
     Returns:
         a :class:`LipschitzReport`: print it, or ``to_dict()`` for JSON.
@@ -199,6 +208,7 @@ def lipschitz_report(
             f"expected an nn.Module, got {type(model).__name__}. Pass the network itself."
         )
     methods = check_methods(methods)
+    tolerance = check_tolerance(tolerance)
     for path, param in model.named_parameters():
         if isinstance(param, UninitializedParameter):
             raise ParanormError(
@@ -219,7 +229,9 @@ def lipschitz_report(
         layers: list[LayerReport] = []
         with parametrize.cached():
             for i, (path, module) in enumerate(weighted):
-                layers.extend(_report_layer(path, module, shapes.get(path, []), methods, allow_large))
+                layers.extend(_report_layer(
+                    path, module, shapes.get(path, []), methods, allow_large, tolerance
+                ))
                 if on_layer is not None:
                     on_layer(i + 1, len(weighted), path or "(model)")
         network = chain_bound(model, layers, call_log, shapes, single_input=len(inputs) == 1)

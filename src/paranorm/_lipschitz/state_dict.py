@@ -9,12 +9,14 @@ from typing import Any
 import torch
 
 from .._errors import CheckpointError, ParanormError, entry_point
+from .._sigma.gram import check_tolerance
 from ..checkpoint.convert import effective_weight
 from ..checkpoint.detect import candidate_dims, groups
 from .columns import (
     DEFAULT_METHODS,
     check_methods,
     estimate,
+    gram_options,
     unestimated,
     weight_problem,
     withdraw_contradicted,
@@ -86,6 +88,7 @@ def state_dict_report(
     seed: int = 0,
     on_layer: Callable[[int, int, str], None] | None = None,
     allow_large: bool = False,
+    tolerance: float | None = None,
 ) -> LipschitzReport:
     """Report what the tensors of a checkpoint alone tell about sigma, and say what they cannot.
 
@@ -104,7 +107,8 @@ def state_dict_report(
     reason names it and the conversion to make), an empty one ("empty weight"), one holding
     NaN or inf, or a normalized group whose effective weight cannot be computed (0/0, past its
     dtype's range). A certified value below a lower estimate of the same operator is withdrawn
-    (n/a, "not certified"). ``allow_large``: as for :func:`paranorm.sigma`'s cost limits.
+    (n/a, "not certified"). ``allow_large``: as for :func:`paranorm.sigma`'s cost limits;
+    ``tolerance``: the gram bound's stopping tolerance, as for :func:`paranorm.sigma`.
 
     Example:
         >>> import torch, paranorm as pn
@@ -114,6 +118,7 @@ def state_dict_report(
         (['weight'], False)
     """
     methods = check_methods(methods)
+    tolerance = check_tolerance(tolerance)
     if not isinstance(state_dict, Mapping):
         raise ParanormError(
             f"expected a mapping of names to tensors, got {type(state_dict).__name__}."
@@ -164,7 +169,8 @@ def state_dict_report(
                     why = "needs the layer's stride, padding, dilation, groups and input size: not in a state_dict"
                     estimates[column] = Estimate(method, None, None, None, why)
                     continue
-                options = {"dim": t.dim} if method == "reshape" and t.dim is not None else {}
+                options: dict[str, Any] = {"dim": t.dim} if method == "reshape" and t.dim is not None else {}
+                options.update(gram_options(method, tolerance))
                 estimates[column] = estimate(w, method, allow_large=allow_large, **options)
             estimates = withdraw_contradicted(estimates, is_matrix, w.dtype)
             layers.append(LayerReport(t.name, kind, tuple(w.shape), None, t.layout, estimates, -1))

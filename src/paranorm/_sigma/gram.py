@@ -24,11 +24,13 @@ from .scale import scaled
 
 __all__ = [
     "GRAM_CIRCULAR_ITERATIONS",
+    "GRAM_FAST_TOLERANCE",
     "GRAM_KERNEL_BUDGET",
     "GRAM_MATRIX_ITERATIONS",
     "GRAM_MAX_ITERATIONS",
     "GRAM_TOLERANCE",
     "check_iterations",
+    "check_tolerance",
     "gram_estimate",
     "gram_iteration",
     "gram_iterations",
@@ -49,8 +51,10 @@ GRAM_KERNEL_BUDGET = 4e9
 #: would read 1 for any weight).
 GRAM_MAX_ITERATIONS = 40
 #: pn.sigma's kernel-domain bound stops adding steps once it is within this (relative) of a
-#: lower estimate, sigma at the frequencies it sampled.
+#: lower estimate, sigma at the frequencies it sampled (its ``tolerance`` argument).
 GRAM_TOLERANCE = 1e-2
+#: The tolerance of ``paranorm inspect --fast``: about one Gram step fewer on most layers.
+GRAM_FAST_TOLERANCE = 5e-2
 
 
 #: Relative widening, in ulps of the working dtype, of a bound computed without ``precise``.
@@ -70,6 +74,17 @@ def check_iterations(iterations: int | None, default: int, most: int | None = No
             f"exponents underflow). Pass iterations <= {most}, or None for the default."
         )
     return iterations
+
+
+def check_tolerance(tolerance: float | None) -> float | None:
+    """``tolerance`` as a float (a finite number >= 0), or None."""
+    if tolerance is None:
+        return None
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < math.inf:
+        raise ParanormError(
+            f"tolerance must be a finite number >= 0 (relative: 0.01 is 1%), got {tolerance!r}."
+        )
+    return float(tolerance)
 
 
 def gram_iterations(
@@ -111,11 +126,13 @@ def gram_iteration(matrices: torch.Tensor, n_iterations: int) -> torch.Tensor:
 
 
 #: The kernel-domain bound takes the exact spectral norm of its last kernel's largest taps
-#: while that costs at most this many multiply-adds (taps x c^3), the Frobenius norm beyond.
+#: (at most EXACT_TAPS, and while that costs at most EXACT_TAPS_WORK multiply-adds, taps x c^3),
+#: the Frobenius norm of the others.
+EXACT_TAPS = 16
 EXACT_TAPS_WORK = 5e7
 #: The most points of the fine frequency grid on which a Schatten bound samples its
 #: polynomial (:func:`symbol_sup`); past it, that step's Schatten bound is skipped.
-MAX_SYMBOL_POINTS = 2**20
+MAX_SYMBOL_POINTS = 2**19
 #: Relative slack, per Gram step, that the sampling of the symbol may add to the bound.
 SAMPLING_SLACK = 1e-4
 
@@ -152,68 +169,102 @@ def _kernel_gram(
 ) -> tuple[torch.Tensor, int]:
     """:func:`kernel_gram_bound` and the products it took."""
     spatial = weight.ndim - 2
-    dims = tuple(range(1, 1 + spatial))
+    dims = tuple(range(3, 3 + spatial))
     o, i = weight.shape[:2]
-    # Taps first, (g, *taps, c, c'): the DFT runs over the tap axes and leaves the per-frequency
-    # matrices contiguous for the products.
-    kernel = weight.reshape(groups, o // groups, i, *weight.shape[2:]).movedim((1, 2), (-2, -1))
-    if kernel.shape[-2] > kernel.shape[-1]:
+    # (g, c, c', *taps): the DFTs run over the last axes, where torch's are fastest; only the
+    # per-frequency matrices of the product are laid out (g, *freq, c, c').
+    kernel = weight.reshape(groups, o // groups, i, *weight.shape[2:])
+    if kernel.shape[1] > kernel.shape[2]:
         # A^H A: the adjoint's kernel is the channel transpose (its spatial flip is a phase).
-        kernel = kernel.transpose(-2, -1)
+        kernel = kernel.transpose(1, 2)
+    kernel = kernel.contiguous()
     real = weight.dtype
     tiny = torch.finfo(real).tiny
     log_scale = torch.zeros(groups, dtype=real, device=weight.device)
     best: torch.Tensor | None = None  # (g,) the smallest bound so far
+    support = list(kernel.shape[3:])  # of the kernel, which may sit zero-padded in a larger grid
     step = 0
     while True:
-        # Any positive rescaling is exact as long as L tracks it: the Frobenius norm first,
-        # then the largest entry, keep the powers in range.
-        rest = tuple(range(1, kernel.ndim))
-        r = (torch.linalg.vector_norm(kernel, dim=rest) if step == 0 else kernel.abs().amax(dim=rest)).clamp_min(tiny)
+        # Any positive rescaling is exact as long as L tracks it; the Frobenius norm keeps the
+        # powers in range.
+        r = torch.linalg.vector_norm(kernel.flatten(1), dim=1).clamp_min(tiny)
         kernel = kernel / r.reshape(-1, *([1] * (kernel.ndim - 1)))
         log_scale = 2 * (log_scale + torch.log(r))  # L_(s+1)
         power = 2.0 ** -(step + 1)
-        support = kernel.shape[1 : 1 + spatial]
         # The product's support, 2 S - 1, on a grid of fast DFT sizes at least that large.
         grid = [_fft_size(2 * n - 1) for n in support]
-        k_hat = torch.fft.rfftn(kernel, s=grid, dim=dims)  # (g, *freq, c, c')
-        frobenius = torch.linalg.vector_norm(k_hat, dim=(-2, -1)).square()  # (g, *freq)
+        if list(kernel.shape[3:]) != grid:  # (the products below leave it padded already)
+            padding = [p for n, m in zip(reversed(support), reversed(grid), strict=True) for p in (0, m - n)]
+            kernel = torch.nn.functional.pad(kernel, padding)
+        k_hat = torch.fft.rfftn(kernel, dim=dims)  # (g, c, c', *freq)
+        last = step == n_iterations
+        if last:
+            frobenius = torch.linalg.vector_norm(torch.view_as_real(k_hat), dim=(1, 2, -1)).square()
+        else:
+            # contiguous(): the products want each frequency's matrix in one block, and torch
+            # 2.13's inductor differentiates a complex matmul of a non-contiguous view wrongly
+            # (torch.compile gave gradients 0.26 off in 0.39).
+            mats = k_hat.movedim((1, 2), (-2, -1)).contiguous()  # (g, *freq, c, c')
+            frobenius = torch.linalg.vector_norm(torch.view_as_real(mats).flatten(-3), dim=-1).square()
         schatten = symbol_sup(frobenius, grid, [n - 1 for n in support], step)
         bound = schatten**power * torch.exp(power * log_scale)
         best = bound if best is None else torch.minimum(best, bound)
-        done = step == n_iterations
-        if tolerance is not None and step and not done:
+        done = last
+        if not last and tolerance is not None and step:
             # Within ``tolerance`` of sigma at a sampled frequency (a lower estimate): stop.
-            lower = _top_eigenvalue(k_hat) ** (2 * power) * torch.exp(power * log_scale)
+            lower = _top_eigenvalue(mats, frobenius) ** (2 * power) * torch.exp(power * log_scale)
             done = bool(best.amax() <= lower.amax() * (1 + tolerance))
         if done:
-            taps = _tap_bounds(kernel, hermitian=step > 0)
+            # In the units of q: what the tap bounds must beat to matter.
+            beat = torch.exp(torch.log(best) / power - log_scale)
+            taps = _tap_bounds(_crop(kernel, support), hermitian=step > 0, beat=beat)
             return torch.minimum(best, taps**power * torch.exp(power * log_scale)).amax(), step
-        # contiguous(): torch 2.13's inductor differentiates a complex matmul of a
-        # non-contiguous view wrongly (torch.compile gave gradients 0.26 off in 0.39).
-        k_hat = k_hat.contiguous()
-        product = k_hat @ k_hat.mH
-        # The product's kernel has offsets -(S-1)..(S-1), stored circularly on the grid: roll
-        # them contiguous (a global shift) and keep them, so that the next zero-padded DFT
-        # sees one kernel.
-        kernel = torch.roll(torch.fft.irfftn(product, s=grid, dim=dims), [n - 1 for n in support], dims)
-        for axis, n in zip(dims, support, strict=True):
-            kernel = kernel.narrow(axis, 0, 2 * n - 1)
+        product = (mats @ mats.mH).movedim((-2, -1), (1, 2))  # (g, c, c, *freq)
+        product = torch.fft.irfftn(product, s=grid, dim=dims)
+        # The product's kernel has offsets -(S-1)..(S-1), stored circularly on the grid: copy
+        # them, in order (a global shift, which the symbol's norms do not see), into the zeros
+        # of the next step's grid, so that its DFT sees one kernel.
+        support = [2 * n - 1 for n in support]
+        kernel = product.new_zeros(*product.shape[:3], *(_fft_size(2 * n - 1) for n in support))
+        _unwrap_into(kernel, product, [(n + 1) // 2 for n in support])
         step += 1
 
 
+def _crop(kernel: torch.Tensor, support: list[int]) -> torch.Tensor:
+    """The first ``support`` taps of ``kernel`` (g, c, c', *taps) on each tap axis."""
+    for a, n in enumerate(support):
+        kernel = kernel.narrow(3 + a, 0, n)
+    return kernel
+
+
+def _unwrap_into(out: torch.Tensor, circular: torch.Tensor, half: list[int]) -> None:
+    """Copy the kernel ``circular`` (offsets -(h-1)..(h-1) stored circularly, ``half`` = h per
+    tap axis) into the start of ``out``'s tap axes, offsets in increasing order."""
+    if not half:
+        out.copy_(circular)
+        return
+    axis = circular.ndim - len(half)
+    h, m = half[0], circular.shape[axis]
+    _unwrap_into(out.narrow(axis, 0, h - 1), circular.narrow(axis, m - h + 1, h - 1), half[1:])
+    _unwrap_into(out.narrow(axis, h - 1, h), circular.narrow(axis, 0, h), half[1:])
+
+
 @torch.no_grad()
-def _top_eigenvalue(k_hat: torch.Tensor, iterations: int = 4) -> torch.Tensor:
-    """A lower estimate of the largest eigenvalue among the Hermitian PSD matrices ``k_hat``
-    (g, *freq, c, c), per group: a few power steps from each matrix's column of largest
-    diagonal entry (after Gram steps the top eigenvalue stands well apart), Rayleigh quotients."""
-    mats = k_hat.flatten(1, -3)  # (g, F, c, c)
-    column = torch.diagonal(mats, dim1=-2, dim2=-1).real.argmax(dim=-1)  # (g, F)
+def _top_eigenvalue(mats: torch.Tensor, frobenius: torch.Tensor, most: int = 4, iterations: int = 4) -> torch.Tensor:
+    """A lower estimate of the largest eigenvalue among the matrices ``mats`` (g, *freq, c, c),
+    each a Hermitian PSD matrix times a phase (the symbol of a shifted kernel), per group: at
+    the ``most`` frequencies of largest Frobenius norm, a few power steps from the column of
+    largest diagonal entry (after Gram steps the top eigenvalue stands well apart), and the
+    moduli of their Rayleigh quotients."""
+    mats = mats.flatten(1, -3)  # (g, F, c, c)
+    top = frobenius.flatten(1).topk(min(most, mats.shape[1]), dim=1).indices  # (g, k)
+    mats = mats.gather(1, top[..., None, None].expand(-1, -1, *mats.shape[2:]))
+    column = torch.diagonal(mats, dim1=-2, dim2=-1).abs().argmax(dim=-1)  # (g, k)
     v = mats.gather(-1, column[..., None, None].expand(*mats.shape[:-1], 1))
     for _ in range(iterations):
         v = mats @ v
         v = v / torch.linalg.vector_norm(v, dim=-2, keepdim=True).clamp_min(torch.finfo(v.real.dtype).tiny)
-    return (v.mH @ (mats @ v)).real.flatten(1).amax(dim=1)
+    return (v.mH @ (mats @ v)).abs().flatten(1).amax(dim=1)
 
 
 def _fft_size(n: int) -> int:
@@ -232,21 +283,24 @@ def _fft_size(n: int) -> int:
     return best
 
 
-def _tap_bounds(kernel: torch.Tensor, hermitian: bool) -> torch.Tensor:
+def _tap_bounds(kernel: torch.Tensor, hermitian: bool, beat: torch.Tensor | None = None) -> torch.Tensor:
     """Bounds on sup_w ||sum_x K[x] e^(-i w.x)||^2 per group from the taps of ``kernel``
-    (g, *taps, c, c'): the triangle inequality over the taps, and Gershgorin's row sums where
-    the symbol is Hermitian (``hermitian``); the smaller of the two, squared."""
-    taps = kernel.flatten(1, -3)  # (g, taps, c, c')
-    fro = torch.linalg.matrix_norm(taps)  # (g, taps)
-    # ||K||_2 <= ||K||_F: the exact spectral norm for the largest taps, as many as cost little.
-    c = min(taps.shape[2:])
-    n_exact = min(fro.shape[1], max(1, int(EXACT_TAPS_WORK / float(c) ** 3)))
-    top = fro.topk(n_exact, dim=1).indices
-    chosen = taps.gather(1, top[..., None, None].expand(-1, -1, *taps.shape[2:]))
-    exact = torch.linalg.matrix_norm(chosen, ord=2)
-    tap_sums = fro.sum(dim=1) - fro.gather(1, top).sum(dim=1) + exact.sum(dim=1)  # (g,)
+    (g, c, c', *taps): the triangle inequality over the taps, and Gershgorin's row sums where
+    the symbol is Hermitian (``hermitian``); the smaller of the two, squared. The exact norms
+    of the largest taps are skipped where even ||K[x]||_F / sqrt(c) summed cannot ``beat``
+    (g,) the bound at hand."""
+    fro = torch.linalg.vector_norm(kernel.flatten(3), dim=(1, 2))  # (g, taps): Frobenius
+    tap_sums = fro.sum(dim=1)
+    c = min(kernel.shape[1:3])
+    if beat is None or bool(((tap_sums / math.sqrt(c)).square() < beat).any()):
+        # ||K||_2 <= ||K||_F: the exact spectral norm for the largest taps, as many as cost little.
+        n_exact = min(fro.shape[1], EXACT_TAPS, max(1, int(EXACT_TAPS_WORK / float(c) ** 3)))
+        top = fro.topk(n_exact, dim=1).indices  # (g, n_exact)
+        chosen = kernel.flatten(3).permute(0, 3, 1, 2).gather(1, top[..., None, None].expand(-1, -1, *kernel.shape[1:3]))
+        exact = torch.linalg.matrix_norm(chosen, ord=2)
+        tap_sums = tap_sums - fro.gather(1, top).sum(dim=1) + exact.sum(dim=1)  # (g,)
     if hermitian:
-        row_sums = taps.abs().sum(dim=(1, 3)).amax(dim=1)  # (g,)
+        row_sums = kernel.abs().flatten(2).sum(dim=2).amax(dim=1)  # (g,)
         tap_sums = torch.minimum(tap_sums, row_sums)
     return tap_sums.square()
 
@@ -316,10 +370,12 @@ def gram_estimate(
     iterations: int | None,
     precise: bool = True,
     budget: float | None = None,
+    tolerance: float | None = None,
 ) -> SigmaResult:
     """The "gram" method: a certified upper bound (Gram iteration; the kernel-domain bound for
     a conv that is not circular at ``shape``). ``precise``: float64, rounded up; ``budget``
-    bounds the kernel-domain product (it picks the default number of steps)."""
+    bounds the kernel-domain product (it picks the default number of steps); ``tolerance``:
+    the kernel-domain steps stop within it of a lower estimate (default GRAM_TOLERANCE)."""
     # precise: computed in float64 and rounded up, since many squarings in float32 would blur
     # the last digits of a number that is meant to be a guarantee. The parametrizations pass
     # False (the weight's own precision, float32 at least) and a smaller budget.
@@ -339,7 +395,10 @@ def gram_estimate(
         copies = 1 if geo.transposed or circular_exact else pad_copies(geo, shape)
         # Steps stop early once converged, unless the caller asked for a number of them (the
         # parametrizations' forward keeps a fixed number: no data-dependent control flow).
-        tolerance = GRAM_TOLERANCE if precise and iterations is None else None
+        if not precise or iterations is not None:
+            tolerance = None
+        elif tolerance is None:
+            tolerance = GRAM_TOLERANCE
         value, n = _kernel_gram(weight, geo.groups, n, tolerance)
         value = value * math.sqrt(copies)
     if precise:

@@ -49,7 +49,7 @@ from .cost import Cost, check_cost, fft_cost, gram_cost, power_cost, reshape_cos
 from .dense import svd_estimate
 from .fourier import fft_estimate
 from .geometry import check_input_shape
-from .gram import check_iterations, gram_estimate, gram_iterations
+from .gram import check_iterations, check_tolerance, gram_estimate, gram_iterations
 from .layer import Layer, layer_of
 from .matrix import reshape_estimate
 from .power import POWER_BLOCK, POWER_ITERATIONS, power_estimate
@@ -178,6 +178,7 @@ def sigma(
     iterations: int | None = None,
     *,
     allow_large: bool = False,
+    tolerance: float | None = None,
     **layer_args: Any,
 ) -> SigmaResult:
     """Return the largest singular value of a layer's linear map, and what the number guarantees.
@@ -201,6 +202,9 @@ def sigma(
             :mod:`paranorm._sigma.cost` (1 GiB, 1e12 multiply-adds; "svd" also a dense matrix
             of at most 2048 rows or columns and 2^24 entries). Off: such a request is refused
             before it starts, with the estimate.
+        tolerance: "gram" on a convolution that is not circular at ``input_shape``: stop
+            adding Gram steps once the bound is within this (relative) of a lower estimate
+            (default GRAM_TOLERANCE, 1%). A larger one is faster and looser, still certified.
         **layer_args: with a raw weight: stride, padding, dilation, groups, padding_mode,
             transposed, output_padding (torch's meanings); and ``dim`` for "reshape".
 
@@ -233,9 +237,28 @@ def sigma(
             f"iterations={iterations!r}. Drop iterations, or pick one of "
             f"{', '.join(m for m, e in METHODS.items() if e.iterations)}."
         )
+    estimator = entry.estimate
+    if tolerance is not None:
+        estimator = _with_tolerance(method, iterations, tolerance)
     layer = layer_of(module_or_weight, **layer_args)
     shape = check_input_shape(layer.weight, layer.geo, input_shape, layer.where)
     check_values(layer)
     check_cost(entry.cost(layer, shape, iterations), method, layer.where, shape, allow_large)
     with autocast_off(layer.weight):  # estimators in float32 or wider, also under autocast
-        return check_result(entry.estimate(layer, shape, iterations), layer.where)
+        return check_result(estimator(layer, shape, iterations), layer.where)
+
+
+def _with_tolerance(method: str, iterations: int | None, tolerance: float) -> Estimator:
+    """The "gram" estimator with ``tolerance``, after checking that it applies."""
+    if method != "gram":
+        raise ParanormError(
+            f"tolerance applies to method='gram' only (when its Gram steps may stop early), "
+            f"got method={method!r}. Drop tolerance, or use method='gram'."
+        )
+    if iterations is not None:
+        raise ParanormError(
+            f"tolerance={tolerance!r} and iterations={iterations!r} both fix when the Gram "
+            "steps stop; pass one of them."
+        )
+    checked = check_tolerance(tolerance)
+    return lambda layer, shape, n: gram_estimate(layer, shape, n, tolerance=checked)

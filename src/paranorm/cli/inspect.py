@@ -23,6 +23,7 @@ from torch import nn
 
 from .._errors import ParanormError
 from .._lipschitz import DEFAULT_METHODS, LipschitzReport, lipschitz_report, state_dict_report
+from .._sigma.gram import GRAM_FAST_TOLERANCE
 from ..checkpoint.io import Checkpoint, read_checkpoint
 
 
@@ -110,6 +111,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=(
             "compute estimates that would take more than 1 GiB of memory or about a minute of "
             "work for one layer (by default such a layer's column reads n/a and says why)"
+        ),
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help=(
+            "stop each conv's Gram bound within 5%% of a lower estimate instead of 1%%: "
+            "about one Gram step fewer, often twice as fast; still a certified upper bound"
         ),
     )
     parser.add_argument(
@@ -309,7 +318,7 @@ def build_report(
             )
         report = state_dict_report(
             state_dict, source=os.path.basename(args.target), methods=methods, on_layer=on_layer,
-            allow_large=args.allow_large,
+            allow_large=args.allow_large, tolerance=GRAM_FAST_TOLERANCE if args.fast else None,
         )
         return report, notes
     if not shapes:
@@ -324,7 +333,7 @@ def build_report(
     try:
         report = lipschitz_report(
             model, inputs[0] if len(inputs) == 1 else tuple(inputs), methods=methods, on_layer=on_layer,
-            allow_large=args.allow_large,
+            allow_large=args.allow_large, tolerance=GRAM_FAST_TOLERANCE if args.fast else None,
         )
     except ParanormError as error:
         if "failed on example_input" not in error.detail or args.input_dtype:
