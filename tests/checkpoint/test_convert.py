@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrizations as P
+from torch.nn.utils import parametrize
 
-from paranorm import CheckpointError
+from paranorm import CheckpointError, fold
 from paranorm.checkpoint import CheckpointWarning, convert, detect
 
 LAYOUTS = ("legacy", "parametrizations", "plain")
@@ -342,14 +343,62 @@ def test_argument_errors():
         convert({"weight": torch.zeros(2, 3)}, to="legacy", normalize={"weight": "weight_norm"})
 
 
-def test_other_parametrizations_pass_through_but_cannot_be_made_plain():
+class Scale(nn.Module):
+    """A parametrization with a buffer, chained after a normalization (as deel-torchlip's
+    Bjorck step is after its spectral norm)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("factor", torch.tensor(3.0))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.factor
+
+
+def chained_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(P.spectral_norm(nn.Linear(3, 4)), P.weight_norm(nn.Linear(4, 2)), P.weight_norm(nn.Linear(2, 2)))
+    parametrize.register_parametrization(model[0], "weight", Scale())
+    parametrize.register_parametrization(model[1], "weight", Scale())
+    return model
+
+
+def test_other_parametrizations_are_kept_only_when_asked():
     module = P.orthogonal(nn.Linear(3, 3))
     state = module.state_dict()
     entry = {e.name: e for e in detect(state)}["weight"]
     assert (entry.layout, entry.kind) == ("parametrizations", None)
-    assert convert(state, to="legacy")["parametrizations.weight.original"] is state["parametrizations.weight.original"]
-    with pytest.raises(CheckpointError, match="neither weight nor spectral norm"):
+    # Already in their layout: nothing to convert.
+    assert convert(state, to="parametrizations")["parametrizations.weight.original"] is state["parametrizations.weight.original"]
+    for to in ("plain", "legacy"):
+        with pytest.raises(CheckpointError, match=r"neither weight nor spectral norm.*keep_unconverted"):
+            convert(state, to=to)
+    with pytest.warns(CheckpointWarning, match="'weight' kept as it was"):
+        kept = convert(state, to="plain", keep_unconverted=True)
+    assert kept["parametrizations.weight.original"] is state["parametrizations.weight.original"]
+
+
+def test_a_normalization_chained_with_another_parametrization_is_not_read_as_the_normalization():
+    model = chained_model()
+    state = model.state_dict()
+    assert "0.parametrizations.weight.1.factor" in state
+    entries = {e.name: e for e in detect(state)}
+    # Read as weight or spectral norm alone, the plain weight would miss the factor 3.
+    assert entries["0.weight"].kind is None and entries["1.weight"].kind is None
+    assert entries["2.weight"].kind == "weight_norm"
+    with pytest.raises(CheckpointError, match=r"2 tensor\(s\) cannot be converted to 'plain': '0.weight' \(a chain of parametrizations \(spectral_norm \+ 1.factor\)\); '1.weight'.*paranorm.fold"):
         convert(state, to="plain")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = convert(state, to="plain", keep_unconverted=True)
+    assert [str(w.message)[:28] for w in caught] == ["'0.weight' kept as it was, n", "'1.weight' kept as it was, n"]
+    chained_keys = [k for k in state if k.startswith(("0.", "1."))]
+    assert all(plain[k] is state[k] for k in chained_keys)
+    model.eval()
+    assert torch.equal(plain["2.weight"], model[2].weight.detach())
+    # What fold gives is what the message offers: every parametrization evaluated.
+    folded = fold(chained_model().eval()).state_dict()
+    assert torch.equal(folded["0.weight"], model[0].weight.detach())
 
 
 def test_one_dimensional_spectral_norm_legacy_to_parametrizations():

@@ -285,6 +285,45 @@ def test_spectral_norm_of_square_conv_needs_dim_or_reads_it(tmp_path, capsys):
     torch.testing.assert_close(torch.load(tmp_path / "plain.pt", weights_only=True)["weight"], fresh.weight)
 
 
+def test_a_given_dim_is_shown_and_a_dim_read_from_u_v_names_the_option(tmp_path, capsys):
+    torch.manual_seed(0)
+    trained = P.spectral_norm(nn.Conv1d(4, 4, 3))
+    for _ in range(30):  # u, v converge: they single out dim 0
+        trained(torch.randn(1, 4, 5))
+    path = tmp_path / "sn.pt"
+    torch.save(trained.state_dict(), path)
+    assert main(["convert", str(path), str(tmp_path / "a.pt"), "--to", "plain", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    (note,) = [n for n in summary["notes"] if "read from u and v" in n]
+    assert "--dim weight=0" in note
+    args = ["convert", str(path), str(tmp_path / "b.pt"), "--to", "legacy", "--dim", "weight=0", "--json"]
+    assert main(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)["changed"]
+    assert row["dim"] == 0
+
+
+def test_tensors_with_other_parametrizations_are_named_and_kept_only_when_asked(tmp_path, capsys):
+    torchlip = pytest.importorskip("deel.torchlip")
+    torch.manual_seed(0)
+    # deel-torchlip chains Bjorck orthogonalization after its spectral norm.
+    model = nn.Sequential(torchlip.SpectralLinear(6, 4), nn.ReLU(), P.weight_norm(nn.Linear(4, 3)))
+    path, out = tmp_path / "lip.pt", tmp_path / "out.pt"
+    torch.save(model.state_dict(), path)
+    assert main(["convert", str(path), str(out), "--to", "plain"]) == 1
+    err = capsys.readouterr().err
+    assert "1 tensor(s) cannot be converted to 'plain': '0.weight' (a chain of parametrizations (spectral_norm + 1._w_bjorck))" in err
+    assert "paranorm.fold(model)" in err and "--keep-unconverted" in err
+    assert listing(tmp_path) == ["lip.pt"]
+    assert main(["convert", str(path), str(out), "--to", "plain", "--keep-unconverted", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["unconverted"] == ["0.weight"]
+    assert {r["tensor"]: r["to"] for r in summary["changed"]} == {"0.weight": "kept", "2.weight": "plain"}
+    written = torch.load(out, weights_only=True)
+    source = torch.load(path, weights_only=True)
+    assert all(torch.equal(written[k], v) for k, v in source.items() if k.startswith("0."))
+    assert torch.equal(written["2.weight"], model[2].weight.detach())
+
+
 def test_an_existing_out_is_replaced_only_with_overwrite(tmp_path, capsys):
     path, out = tmp_path / "ck.pt", tmp_path / "out.pt"
     torch.save(legacy_model().state_dict(), path)

@@ -54,7 +54,10 @@ def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_We
             continue
         dims = candidate_dims(group, state_dict)
         dim = dims[0] if len(dims) == 1 else None
-        layout = f"{group.kind or 'unknown parametrization'} ({group.layout}{'' if dim is None else f', dim={dim}'})"
+        if group.unknown:
+            layout = group.describe(short=True)
+        else:
+            layout = f"{group.kind} ({group.layout}{'' if dim is None else f', dim={dim}'})"
         try:
             effective = effective_weight(group, state_dict, {})
         except CheckpointError as error:

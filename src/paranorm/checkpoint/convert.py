@@ -146,7 +146,8 @@ def _dim_note(group: Group, resolved: ResolvedDim) -> list[str]:
         return []
     return [
         f"{group.base!r}: spectral norm dim {resolved.dim} read from u and v ({resolved.detail}); "
-        "pass dims= to state it."
+        f"pass dims={{{group.base!r}: {resolved.dim}}} (paranorm convert: --dim "
+        f"{group.base}={resolved.dim}) to state it."
     ]
 
 
@@ -407,10 +408,9 @@ def effective_weight(group: Group, state_dict: Mapping[str, Any], dims: Mapping[
             return Effective(weight_norm_plain(group, g, v, candidates[0]))
     if group.kind != "spectral_norm":
         raise CheckpointError(
-            f"{group.base!r} carries a parametrization that is neither weight nor spectral norm "
-            f"(keys {', '.join(group.roles.values())}); its effective weight cannot be computed "
-            "from the state_dict. Build the model, call paranorm.fold(model) and save its "
-            "state_dict instead."
+            f"{group.base!r} carries {group.describe()} (keys {', '.join(group.roles.values())}); "
+            "its effective weight needs the parametrization's code, not only the state_dict. "
+            "Build the model, call paranorm.fold(model) and save its state_dict instead."
         )
     if "stored" in group.roles:
         _check_readable(group, state_dict, ("stored",))
@@ -584,9 +584,8 @@ def _converted(
 ) -> tuple[list[tuple[str, Any]], list[str]]:
     """The (key, value) pairs of ``group`` in layout ``to``, and notes on what was derived."""
     # Already in place (a version-0 legacy entry is still rewritten, as version 1).
+    # (An unknown parametrization passes through too: convert() refused it unless asked to.)
     if group.kind is None or (group.layout == to and "stored" not in group.roles):
-        if group.kind is None and group.layout == "parametrizations" and to == "plain":
-            effective_weight(group, state_dict, dims)  # raises: not ours to evaluate
         notes = _passed_through_notes(group, state_dict) if group.kind is not None else []
         return [(k, state_dict[k]) for k in group.roles.values()], notes
     if to == "plain":
@@ -610,6 +609,24 @@ def _converted(
     return _emit("spectral_norm", group.base, roles, to), notes
 
 
+def _unconverted_message(unconverted: list[Group], to: str) -> str:
+    """Why the tensors ``unconverted`` cannot be written in layout ``to``, and what to do."""
+    shown = "; ".join(f"{g.base!r} ({g.describe()})" for g in unconverted[:5])
+    more = f" and {len(unconverted) - 5} more" if len(unconverted) > 5 else ""
+    form = (
+        "their effective weight needs the parametrization's code, not only the state_dict"
+        if to == "plain"
+        else "torch's legacy hooks have no form for them"
+    )
+    return (
+        f"{len(unconverted)} tensor(s) cannot be converted to {to!r}: {shown}{more}. paranorm "
+        f"reads weight norm and spectral norm alone, and {form}. To get plain weights, build "
+        "the model, call paranorm.fold(model) (it evaluates every parametrization) and save its "
+        "state_dict; or pass keep_unconverted=True (paranorm convert: --keep-unconverted) to "
+        "convert the rest and keep these tensors as they are."
+    )
+
+
 @entry_point("convert")
 def convert(
     state_dict: Mapping[str, Any],
@@ -617,6 +634,7 @@ def convert(
     *,
     dims: Mapping[str, int | None] | None = None,
     normalize: Mapping[str, Kind] | None = None,
+    keep_unconverted: bool = False,
 ) -> OrderedDict[str, Any]:
     """Return a new state_dict with every normalized tensor in layout ``to``.
 
@@ -634,6 +652,10 @@ def convert(
             square weight, or a plain tensor to normalize).
         normalize: ``{"<prefix><name>": "weight_norm" | "spectral_norm"}``: plain tensors to
             normalize in layout ``to``. g is ||w||; u, v are the exact top singular vectors.
+        keep_unconverted: keep, as they are, the tensors that carry a parametrization other
+            than weight or spectral norm alone (another one, or a chain such as
+            deel-torchlip's spectral norm then Bjorck), which no layout but
+            "parametrizations" can hold; off, such a tensor is an error that names them all.
 
     Returns:
         A new ``OrderedDict`` (with ``_metadata`` when the input had it).
@@ -644,7 +666,8 @@ def convert(
             inf that a change of layout passes on unchanged (it renames, computes nothing).
 
     Raises:
-        CheckpointError: unknown ``to``, half of a group, a tensor in two layouts, a dim that
+        CheckpointError: a tensor with another parametrization (see ``keep_unconverted``),
+            unknown ``to``, half of a group, a tensor in two layouts, a dim that
             cannot be read or does not fit, ``normalize`` naming a missing or normalized key;
             for a computed weight (plain, a version-0 v, a normalized plain tensor): a tensor
             that is not a dense float16/bfloat16/float32/float64 one, NaN or inf in it, a
@@ -655,6 +678,9 @@ def convert(
     normalize = dict(normalize or {})
     all_groups = groups(state_dict)
     _check_requests(all_groups, to, dims, normalize)
+    unconverted = [g for g in all_groups if g.unknown and to != "parametrizations"]
+    if unconverted and not keep_unconverted:
+        raise CheckpointError(_unconverted_message(unconverted, to))
     metadata = getattr(state_dict, "_metadata", None)
     out_metadata = OrderedDict(metadata) if metadata is not None else None
     out: OrderedDict[str, Any] = OrderedDict()
@@ -679,6 +705,9 @@ def convert(
     # parametrization; it is read as kind None and passes through (plain: an error).
     if out_metadata is not None:
         out._metadata = out_metadata  # type: ignore[attr-defined]
+    notes += [
+        f"{g.base!r} kept as it was, not converted: it carries {g.describe()}." for g in unconverted
+    ]
     for note in notes:
         warnings.warn(note, CheckpointWarning, stacklevel=3)
     return out

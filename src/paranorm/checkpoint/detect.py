@@ -40,6 +40,11 @@ class Entry:
     version: int | None = None
 
     @property
+    def unknown(self) -> bool:
+        """A parametrization paranorm cannot evaluate from its keys (see :class:`Group`)."""
+        return self.kind is None and self.layout == "parametrizations"
+
+    @property
     def dim_known(self) -> bool:
         return len(self.dim_candidates) == 1
 
@@ -54,6 +59,21 @@ class Group:
     kind: Kind | None
     roles: dict[str, str] = field(default_factory=dict)
     version: int | None = None
+    #: For kind None: a known parametrization chained with others, as its keys say (e.g.
+    #: "spectral_norm + 1._w_bjorck"), else "".
+    chain: str = ""
+
+    @property
+    def unknown(self) -> bool:
+        """A parametrization paranorm cannot evaluate from its keys (not one weight or
+        spectral norm alone)."""
+        return self.kind is None and self.layout == "parametrizations"
+
+    def describe(self, short: bool = False) -> str:
+        """What an unknown parametrization holds, for messages (``short``: for a table)."""
+        if self.chain:
+            return f"chained: {self.chain}" if short else f"a chain of parametrizations ({self.chain})"
+        return "other parametrization" if short else "a parametrization that is neither weight nor spectral norm"
 
 
 def _two_layouts(base: str, first: str, second: str) -> CheckpointError:
@@ -86,6 +106,21 @@ def _parse_parametrization(key: str) -> tuple[str, str] | None:
     return f"{head}{name}", rest
 
 
+#: The keys of the one parametrization paranorm reads, by kind (suffixes after
+#: ``parametrizations.<name>.``); any other key of the same tensor belongs to a further,
+#: chained parametrization (e.g. deel-torchlip's ``1._w_bjorck``).
+_OWN_KEYS = {"weight_norm": {"original0", "original1"}, "spectral_norm": {"original", "0._u", "0._v"}}
+
+
+def _chained(base: str, kind: str, found: dict[str, str]) -> Group | None:
+    """``base``'s group as an unknown parametrization when keys beyond ``kind``'s own show
+    that another parametrization is chained after it (its effective weight is not ``kind``'s)."""
+    extra = sorted(set(found) - _OWN_KEYS[kind])
+    if not extra:
+        return None
+    return Group(base, "parametrizations", None, dict(found), chain=" + ".join([kind, *extra]))
+
+
 def _parametrization_group(base: str, found: dict[str, str]) -> Group | None:
     """The group of the parametrizations keys ``found`` (role suffix -> key) of ``base``."""
     if "original0" in found or "original1" in found:
@@ -95,7 +130,9 @@ def _parametrization_group(base: str, found: dict[str, str]) -> Group | None:
                 f"{base!r}: weight-norm key {found[have]!r} has no partner {lack!r}; g and v "
                 "come in pairs. Restore the missing key from the original checkpoint."
             )
-        return Group(base, "parametrizations", "weight_norm", {"g": found["original0"], "v": found["original1"]})
+        return _chained(base, "weight_norm", found) or Group(
+            base, "parametrizations", "weight_norm", {"g": found["original0"], "v": found["original1"]}
+        )
     if "0._u" in found or "0._v" in found:
         missing = [r for r in ("original", "0._u", "0._v") if r not in found]
         if missing:
@@ -105,7 +142,7 @@ def _parametrization_group(base: str, found: dict[str, str]) -> Group | None:
                 "original checkpoint."
             )
         roles = {"weight": found["original"], "u": found["0._u"], "v": found["0._v"]}
-        return Group(base, "parametrizations", "spectral_norm", roles)
+        return _chained(base, "spectral_norm", found) or Group(base, "parametrizations", "spectral_norm", roles)
     if "original" in found:
         # Another parametrization (orthogonal, ...) or a 1-D spectral norm: not ours to read.
         return Group(base, "parametrizations", None, dict(found))

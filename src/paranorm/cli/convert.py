@@ -108,6 +108,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--keep-unconverted", action="store_true",
+        help=(
+            "keep as they are the tensors that carry a parametrization other than weight or "
+            "spectral norm alone (e.g. deel-torchlip's spectral norm then Bjorck), convert the "
+            "rest, and list them; without it such tensors are an error and nothing is written"
+        ),
+    )
+    parser.add_argument(
         "--key", metavar="NAME",
         help=(
             "convert only the state dict NAME of a training checkpoint (e.g. generator, mpd, "
@@ -132,15 +140,19 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _row(before: Entry | None, after: Entry | None) -> dict[str, Any]:
+def _row(before: Entry | None, after: Entry | None, given: int | None, kept: bool) -> dict[str, Any]:
+    """One tensor's line of the summary; ``given``: its --dim, where the shapes cannot say it;
+    ``kept``: a parametrization kept as it was, not converted."""
     entry = after or before
     assert entry is not None
+    dim = after.dim if after and after.kind else before.dim if before else None
     return {
         "tensor": entry.name,
-        "kind": (before.kind if before and before.kind else after.kind if after else None),
+        "kind": "other" if kept else (before.kind if before and before.kind else after.kind if after else None),
         "from": before.layout if before else None,
-        "to": after.layout if after else None,
-        "dim": (after.dim if after and after.kind else before.dim if before else None),
+        "to": "kept" if kept else after.layout if after else None,
+        "dim": given if dim is None else dim,
+        "converted": not kept,
         "keys_before": list(before.keys) if before else [],
         "keys_after": list(after.keys) if after else [],
     }
@@ -253,11 +265,18 @@ def _converted(
     source: Path = args.input
     with _about(source), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
-        converted = convert(state, to=args.to, dims=dims, normalize=normalize)  # type: ignore[arg-type]
+        converted = convert(
+            state, to=args.to, dims=dims, normalize=normalize, keep_unconverted=args.keep_unconverted  # type: ignore[arg-type]
+        )
         after = {e.name: e for e in detect(converted)}
     before = {e.name: e for e in entries}
     notes = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
-    rows = [_row(before.get(n), after.get(n)) for n in after if before.get(n) is None or before[n].keys != after[n].keys]
+    kept = {e.name for e in entries if e.unknown and args.to != "parametrizations"}
+    rows = [
+        _row(before.get(n), after.get(n), dims.get(n), n in kept)
+        for n in after
+        if n in kept or before.get(n) is None or before[n].keys != after[n].keys
+    ]
     if part and args.several_parts:  # one state dict: its tensors go by their own names
         notes = [f"{part}: {note}" for note in notes]
         for row in rows:
@@ -339,6 +358,7 @@ def run(args: argparse.Namespace) -> int:
         "input": str(source), "output": None if args.dry_run else str(target), "to": args.to,
         "dry_run": bool(args.dry_run), "nested": checkpoint.nested,
         "state_dicts": checkpoint.names, "tensors": tensors, "changed": rows, "notes": notes,
+        "unconverted": [row["tensor"] for row in rows if not row["converted"]],
     }
     # Only now, with the file written, does stdout get anything (--json readers parse it whole).
     if args.json:
@@ -353,14 +373,18 @@ def _print_table(summary: Mapping[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"paranorm convert --to {summary['to']}: {len(summary['changed'])} of "
-                        f"{summary['tensors']} tensors change layout")
-    for column in ("tensor", "kind", "from", "to", "dim"):
+    changed = sum(row["converted"] for row in summary["changed"])
+    kept = len(summary["unconverted"])
+    table = Table(title=f"paranorm convert --to {summary['to']}: {changed} of {summary['tensors']} "
+                        f"tensors change layout" + (f", {kept} kept as they were" if kept else ""))
+    # Names wrap (fold) rather than lose characters: a user copies them into --dim and --key.
+    table.add_column("tensor", overflow="fold")
+    for column in ("kind", "from", "to", "dim"):
         table.add_column(column, no_wrap=True)
     table.add_column("keys after", overflow="fold")
     for row in summary["changed"]:
-        dim = "" if row["kind"] is None else str(row["dim"])
-        table.add_row(row["tensor"], str(row["kind"]), str(row["from"]), str(row["to"]), dim, "\n".join(row["keys_after"]))
+        dim = "" if row["kind"] is None or not row["converted"] else str(row["dim"])
+        table.add_row(row["tensor"], str(row["kind"]), str(row["from"]), str(row["to"]), dim, "\n".join(row["keys_after"]) if row["converted"] else "(unchanged)")
     if summary["changed"]:
         console.print(table)
     else:
