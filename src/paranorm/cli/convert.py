@@ -377,9 +377,7 @@ def _print_table(summary: Mapping[str, Any]) -> None:
     kept = len(summary["unconverted"])
     table = Table(title=f"paranorm convert --to {summary['to']}: {changed} of {summary['tensors']} "
                         f"tensors change layout" + (f", {kept} kept as they were" if kept else ""))
-    # Names wrap (fold) rather than lose characters: a user copies them into --dim and --key.
-    table.add_column("tensor", overflow="fold")
-    for column in ("kind", "from", "to", "dim"):
+    for column in ("tensor", "kind", "from", "to", "dim"):
         table.add_column(column, no_wrap=True)
     table.add_column("keys after", overflow="fold")
     for row in summary["changed"]:
