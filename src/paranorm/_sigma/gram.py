@@ -346,7 +346,7 @@ def kernel_gram_iterations(
     weight: torch.Tensor, groups: int, budget: float = 2e9, most: int = 6
 ) -> int:
     """The most steps (2..``most``) of :func:`kernel_gram_bound` whose last product costs at
-    most ``budget`` multiply-adds and whose last DFT fits in half of MAX_BYTES: the product of
+    most ``budget`` multiply-adds and whose last DFT fits in MAX_BYTES: the product of
     step N - 1 is on a grid of 2^N (k - 1) + 1 points per axis (half of the last axis), times
     c^3 for the smaller channel side c, the last DFT on twice that grid per axis, times c^2."""
     c = min(weight.shape[0] // groups, weight.shape[1])
@@ -358,7 +358,7 @@ def kernel_gram_iterations(
 
     n = 2
     while n < most:
-        if points(n + 1) * c**3 > budget or 16.0 * 3 * points(n + 2) * c**2 > MAX_BYTES / 2:
+        if points(n + 1) * c**3 > budget or 16.0 * 3 * points(n + 2) * c**2 > MAX_BYTES:
             break
         n += 1
     return n
