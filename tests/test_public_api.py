@@ -31,7 +31,7 @@ PUBLIC = {
     'pn.checkpoint.CheckpointWarning': ['class', None, None],
     'pn.checkpoint.Entry': ['class', "(name: 'str', layout: 'Layout', kind: 'Kind | None', keys: 'tuple[str, ...]', dim: 'int | None' = None, dim_candidates: 'tuple[int | None, ...]' = (), version: 'int | None' = None) -> None", ['dim', 'dim_candidates', 'keys', 'kind', 'layout', 'name', 'version']],
     'pn.checkpoint.LAYOUTS': None,
-    'pn.checkpoint.convert': "(state_dict: 'Mapping[str, Any]', to: 'Layout' = 'parametrizations', *, dims: 'Mapping[str, int | None] | None' = None, normalize: 'Mapping[str, Kind] | None' = None) -> 'OrderedDict[str, Any]'",
+    'pn.checkpoint.convert': "(state_dict: 'Mapping[str, Any]', to: 'Layout' = 'parametrizations', *, dims: 'Mapping[str, int | None] | None' = None, normalize: 'Mapping[str, Kind] | None' = None, keep_unconverted: 'bool' = False) -> 'OrderedDict[str, Any]'",
     'pn.checkpoint.detect': "(state_dict: 'Mapping[str, Any]') -> 'list[Entry]'",
     'pn.data_dependent_init': "(model: 'nn.Module', batch: 'Any', *, strict: 'bool' = False) -> 'list[InitSummary]'",
     'pn.distributed': 'module',
