@@ -342,7 +342,17 @@ def test_state_dict_reshape_sigma_uses_the_spectral_norm_dim() -> None:
     weight = model[3].weight.detach().double()
     by_dim1 = torch.linalg.matrix_norm(weight.transpose(0, 1).flatten(1), ord=2).item()
     assert row.estimates["reshape"].value == pytest.approx(by_dim1, rel=1e-4)
-    assert any("dim 1 read from u and v" in note for note in report.notes)
+    # One note for every dim read from u, v; the table marks which ("from u, v").
+    (note,) = [n for n in report.notes if "u = W v/|W v|" in n]
+    assert note.startswith("the spectral norm dim of 3.weight (marked")
+    assert "--dim KEY=DIM" in note
+
+
+def test_notes_name_a_few_layers_and_count_the_rest() -> None:
+    state = {f"block{i}.weight": torch.randn(4, 4, 3) for i in range(9)}
+    report = pn.state_dict_report(state)
+    text = " ".join(str(report).split())  # the notes, unwrapped
+    assert "power n/a for block0.weight, block1.weight, block2.weight, block3.weight and 5 more:" in text
 
 
 def test_unknown_parametrization_is_a_row_with_a_reason_not_a_failure() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from .._extras import require
 from .._plotting import figure_format, save_figure
 from .columns import COLUMN_TITLES, TABLE_TITLES
-from .results import LipschitzReport
+from .results import LipschitzReport, names_list
 
 __all__ = ["plain_text", "rich_lines", "save_plot", "table"]
 
@@ -79,7 +79,7 @@ def rich_lines(report: LipschitzReport) -> Iterator[Any]:
                 missing.setdefault((column, e.error), []).append(layer.name)
     lines = [*report.notes]
     lines += [
-        f"{column} n/a for {', '.join(names)}: {error}"
+        f"{column} n/a for {names_list(names)}: {error}"
         for (column, error), names in missing.items()
     ]
     for line in lines:

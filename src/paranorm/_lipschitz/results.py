@@ -8,7 +8,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Estimate", "LayerReport", "LipschitzReport", "NetworkBound"]
+__all__ = ["Estimate", "LayerReport", "LipschitzReport", "NetworkBound", "names_list"]
+
+
+#: A note names at most this many layers, then says how many more.
+NOTE_NAMES = 6
+
+
+def names_list(names: list[str]) -> str:
+    """``names`` for a note: all of them up to NOTE_NAMES, else the first ones and a count."""
+    if len(names) <= NOTE_NAMES:
+        return ", ".join(names)
+    return f"{', '.join(names[:NOTE_NAMES - 2])} and {len(names) - NOTE_NAMES + 2} more"
 
 
 @dataclass(frozen=True)

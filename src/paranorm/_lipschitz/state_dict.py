@@ -22,7 +22,7 @@ from .columns import (
     withdraw_contradicted,
 )
 from .model import cuda_devices
-from .results import Estimate, LayerReport, LipschitzReport, NetworkBound
+from .results import Estimate, LayerReport, LipschitzReport, NetworkBound, names_list
 
 __all__ = ["state_dict_report"]
 
@@ -48,6 +48,7 @@ def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_We
     """
     out: list[_Weight] = []
     notes: list[str] = []
+    read_from_uv: list[str] = []
     for group in groups(state_dict):
         if group.layout == "plain":
             out.append(_Weight(group.base, state_dict[group.base], None))
@@ -63,11 +64,22 @@ def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_We
         except CheckpointError as error:
             out.append(_Weight(group.base, None, layout, None, f"effective weight unknown: {error.detail}"))
             continue
-        notes.extend(effective.notes)
         if effective.dim is not None and effective.dim.source == "u and v":
+            # Said once for all such tensors (below); the table marks each "from u, v".
+            read_from_uv.append(group.base)
+            derived = f"{group.base!r}: spectral norm dim"
+            notes.extend(n for n in effective.notes if not n.startswith(derived))
             dim = effective.dim.dim
             layout = f"{group.kind} ({group.layout}, dim={dim} from u, v)"
+        else:
+            notes.extend(effective.notes)
         out.append(_Weight(group.base, effective.value, layout, dim if group.kind == "spectral_norm" else None))
+    if read_from_uv:
+        notes.append(
+            f"the spectral norm dim of {names_list(read_from_uv)} (marked \"from u, v\") was read "
+            "from the power method's invariant u = W v/|W v|, as the shapes allow more than one; "
+            "paranorm convert states a dim with --dim KEY=DIM"
+        )
     return out, notes
 
 
@@ -144,7 +156,7 @@ def state_dict_report(
     if any(t.value is not None and t.value.ndim > 2 for t in weights):
         notes.append(
             "conv weights: the operator sigma needs the stride, padding, dilation, groups and input "
-            "size, which a state_dict does not store; inspect the model (module:attr with "
+            "size, which a state_dict does not store; inspect the model (--model with "
             "--input-shape) for those. Their bound holds for zero or circular padding at any stride, "
             "dilation, groups and input size, not for reflect/replicate padding. A plain conv "
             "weight's reshape sigma is taken with dim=0 (torch uses dim=1 for ConvTranspose)"
