@@ -16,6 +16,8 @@ __all__ = ["plain_text", "rich_lines", "save_plot", "table"]
 
 _KIND_STYLE = {"lower": "yellow", "exact": "cyan", "upper": "green"}
 _KIND_SIGN = {"lower": "≥", "exact": "=", "upper": "≤"}
+_KIND_WORD = {"lower": "lower estimate", "exact": "exact", "upper": "upper bound"}
+_KIND_MARKER = {"lower": "^", "exact": "o", "upper": "v"}
 
 
 def table(report: LipschitzReport) -> Any:
@@ -95,32 +97,44 @@ def plain_text(report: LipschitzReport, width: int = 140) -> str:
     return console.export_text()
 
 def save_plot(report: LipschitzReport, path: str | os.PathLike[str]) -> None:
-    """Draw per layer the reshape sigma, the operator sigma and the bound (grouped bars, log y).
+    """Draw per layer the reshape sigma, the operator sigma and the bound (markers, log y).
 
     Written atomically (temp file in the same folder, then os.replace); the format follows
     the suffix (png, pdf, svg, ...). Zero or missing values are left out of the bars.
     """
     figure_format(path, "Lipschitz plot")  # before drawing: a bad path fails fast
     from matplotlib.figure import Figure
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, NullLocator, ScalarFormatter
 
     figure = Figure(figsize=(max(6.0, 0.9 * len(report.layers) + 2.5), 4.5), layout="constrained")
     axes = figure.add_subplot()
+    # Markers, not bars: on a log axis a bar's height depends on where its floor is drawn. The
+    # marker says what the number guarantees: a bound points down at sigma, a lower estimate up.
     n_columns = max(1, len(report.methods))
-    width = 0.8 / n_columns
+    offset = 0.6 / n_columns
     for j, column in enumerate(report.methods):
-        xs, heights = [], []
+        shown: dict[str, list[tuple[float, float]]] = {}
         for i, layer in enumerate(report.layers):
             estimate = layer.estimates.get(column)
             if estimate is not None and estimate.value is not None and estimate.value > 0:
-                xs.append(i + (j - (n_columns - 1) / 2) * width)
-                heights.append(estimate.value)
-        bars = axes.bar(xs, heights, width=width, label=COLUMN_TITLES[column])
-        axes.bar_label(bars, fmt="%.3g", fontsize=7)
+                x = i + (j - (n_columns - 1) / 2) * offset
+                shown.setdefault(estimate.kind or "", []).append((x, estimate.value))
+        color = f"C{j}"
+        for kind, points in shown.items():
+            xs, ys = zip(*points, strict=True)
+            label = f"{COLUMN_TITLES[column]}: {_KIND_WORD.get(kind, kind)}"
+            axes.scatter(xs, ys, marker=_KIND_MARKER.get(kind, "o"), color=color, label=label, zorder=3)
+            for x, y in points:
+                axes.annotate(
+                    f"{_KIND_SIGN.get(kind, '')}{y:.3g}", (x, y), xytext=(0, 6 if kind != "lower" else -11),
+                    textcoords="offset points", ha="center", fontsize=7, color=color,
+                )
     axes.set_yscale("log")
+    axes.margins(y=0.12)  # room for the labels above and below the outermost markers
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    axes.yaxis.set_minor_locator(NullLocator())
     axes.yaxis.set_major_formatter(ScalarFormatter())
-    axes.yaxis.set_minor_formatter(ScalarFormatter())
-    axes.tick_params(axis="y", which="minor", labelsize=7)
+    axes.grid(axis="y", which="both", color="0.9", linewidth=0.6)
     axes.set_xticks(
         range(len(report.layers)),
         [f"{layer.name}\n{layer.type}" for layer in report.layers],
@@ -128,11 +142,12 @@ def save_plot(report: LipschitzReport, path: str | os.PathLike[str]) -> None:
         ha="right",
         fontsize=8,
     )
+    axes.set_xlim(-0.6, len(report.layers) - 0.4)
     axes.set_ylabel("σ (log scale)")
-    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--", label="σ = 1 (1-Lipschitz)")
     title = report.source
     if report.network.holds:
-        title += f"   network bound {report.network.value:.4g}"
+        title += f"   network bound ≤{report.network.value:.4g}"
     axes.set_title(title, fontsize=10)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7, loc="best")
     save_figure(figure, path, "Lipschitz plot")
