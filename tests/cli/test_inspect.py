@@ -341,3 +341,19 @@ def test_fast_takes_fewer_gram_steps_for_a_bound_that_still_holds(capsys, tmp_pa
     truth = torch.linalg.matrix_norm(k_hat, ord=2).max().item()
     assert found[True]["iterations"] < found[False]["iterations"]
     assert truth <= found[False]["value"] <= found[True]["value"] <= truth * 1.05
+
+
+def test_without_a_terminal_progress_is_a_plain_line_on_stderr(capsys, tmp_path, monkeypatch) -> None:
+    from paranorm.cli import inspect as inspect_cli
+
+    monkeypatch.setattr(inspect_cli, "LOG_EVERY_S", 0.0)  # a line after every layer
+    path = tmp_path / "two.pt"
+    torch.save({"a.weight": torch.randn(3, 4), "b.weight": torch.randn(2, 3)}, path)
+    code, out, err = run(capsys, "inspect", str(path), "--json")
+    assert code == 0
+    assert json.loads(out)["layers"]  # stdout stays one JSON document
+    lines = err.splitlines()
+    assert [line.split(" in ")[0] for line in lines] == [
+        "paranorm inspect: 1 of 2 layers", "paranorm inspect: 2 of 2 layers"
+    ]
+    assert lines[-1].endswith("(last: b.weight)")

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -403,6 +404,10 @@ def _example_inputs(
     return inputs
 
 
+#: Without a progress bar (stderr not a terminal, or --json), a line on stderr this often.
+LOG_EVERY_S = 5.0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``paranorm inspect`` as ``args`` says; return the exit code."""
     from rich.console import Console
@@ -419,9 +424,16 @@ def run(args: argparse.Namespace) -> int:
         disable=args.json or not err.is_terminal,
     )
     task = progress.add_task("sigma per layer", total=None)
+    started = last = time.monotonic()
 
     def on_layer(done: int, total: int, name: str) -> None:
+        nonlocal last
         progress.update(task, completed=done, total=total, description=f"sigma: {name}")
+        now = time.monotonic()
+        if progress.disable and now - last >= LOG_EVERY_S:  # logs, pipes: a plain line now and then
+            last = now
+            print(f"paranorm inspect: {done} of {total} layers in {now - started:.0f} s (last: {name})",
+                  file=sys.stderr, flush=True)
 
     with progress:
         report, notes = build_report(args, on_layer)
