@@ -179,7 +179,7 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
         ax_loss.plot(range(len(smooth)), smooth, label=name)
     ax_loss.set(title="training loss (moving average of 20 steps)", xlabel="step",
                 ylabel="cross-entropy", yscale="log")
-    ax_loss.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    ax_loss.legend(loc="lower left", fontsize=8, framealpha=0.9)  # below the curves' start
     names = list(results)
     pos = torch.arange(len(names)).float()
     width = 0.27
@@ -189,7 +189,7 @@ def plot(results: dict[str, dict[str, Any]], path: str) -> None:
     ax_lip.axhline(1.0, color="gray", lw=0.8, ls="--", label="1: a 1-Lipschitz network")
     ax_lip.set(title="Lipschitz constant of the trained network", yscale="log",
                xticks=pos.tolist())
-    ax_lip.set_xticklabels([n.replace(" (", "\n(") for n in names])
+    ax_lip.set_xticklabels([n.replace(" (", "\n(") for n in names], fontsize=8)
     ax_lip.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     save_atomic(fig, path)
