@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import paranorm as pn
@@ -16,6 +18,16 @@ def _fast_paths_off():
     previous = pn.set_fast_paths(False)
     yield
     pn.set_fast_paths(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_timed_progress_lines(monkeypatch):
+    """``paranorm inspect`` prints a progress line on a non-terminal stderr every few seconds: on
+    a loaded machine a test's captured stderr would depend on the clock. The test of that
+    feature sets the interval itself."""
+    from paranorm.cli import inspect as inspect_cli
+
+    monkeypatch.setattr(inspect_cli, "LOG_EVERY_S", math.inf)
 
 
 @pytest.fixture

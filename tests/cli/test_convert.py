@@ -441,3 +441,17 @@ def test_a_sparse_buffer_passes_through_to_pt_and_is_refused_by_safetensors(tmp_
     assert main(["convert", str(path), str(tmp_path / "out.safetensors"), "--to", "parametrizations"]) == 1
     assert "'graph.adjacency' is a sparse_coo tensor; safetensors holds dense tensors only" in capsys.readouterr().err
     assert listing(tmp_path) == ["ck.pt", "out.pt"]
+
+
+def test_a_console_too_narrow_for_the_table_gets_whole_keys(tmp_path, capsys, monkeypatch):
+    model = nn.Sequential(*[P.weight_norm(nn.Conv1d(2, 2, 3)) for _ in range(2)])
+    state = {f"generator.upsampling.blocks.{k}": v for k, v in model.state_dict().items()}
+    path = tmp_path / "long.pt"
+    torch.save(state, path)
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["convert", str(path), str(tmp_path / "out.pt"), "--to", "legacy"]) == 0
+    out = capsys.readouterr().out
+    for key in ("generator.upsampling.blocks.0.weight_g", "generator.upsampling.blocks.1.weight_v"):
+        assert key in out  # never folded mid-key
+    assert max(len(line) for line in out.splitlines()) <= 60
+

@@ -357,3 +357,18 @@ def test_without_a_terminal_progress_is_a_plain_line_on_stderr(capsys, tmp_path,
         "paranorm inspect: 1 of 2 layers", "paranorm inspect: 2 of 2 layers"
     ]
     assert lines[-1].endswith("(last: b.weight)")
+
+
+def test_a_console_too_narrow_for_the_table_gets_whole_names(capsys, tmp_path, monkeypatch) -> None:
+    names = [f"generator.resblocks.{i}.convs1.{i}.parametrizations.weight" for i in range(3)]
+    path = tmp_path / "long.pt"
+    torch.save({name: torch.randn(4, 4, 3) for name in names}, path)
+    monkeypatch.setenv("COLUMNS", "60")
+    code, out, err = run(capsys, "inspect", str(path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert all(name in lines for name in names)  # each on a line of its own, not folded
+    assert max(len(line) for line in lines) <= 60
+    monkeypatch.setenv("COLUMNS", "200")  # wide enough: the table
+    code, out, err = run(capsys, "inspect", str(path))
+    assert "┃ layer" in out and all(name in out for name in names)

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 import shlex
+import unittest.mock
 from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
 
+from paranorm.cli import inspect as inspect_cli
 from paranorm.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +64,10 @@ def run(command: str) -> str:
     argv = shlex.split(command)
     assert argv[0] == "paranorm", command
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    # On a terminal, progress is a bar that leaves nothing behind; here stderr is not one, and
+    # the plain progress lines a slow (loaded) machine would print are not what a page shows.
+    quiet = unittest.mock.patch.object(inspect_cli, "LOG_EVERY_S", math.inf)
+    with quiet, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main(argv[1:])
         except SystemExit:  # usage errors exit through argparse

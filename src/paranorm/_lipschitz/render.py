@@ -24,7 +24,6 @@ def table(report: LipschitzReport) -> Any:
     """The per-layer rich Table."""
     require("rich", "printing a Lipschitz report")
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(title=f"Lipschitz report: {report.source}", title_justify="left")
     for title in ("layer", "type", "input", "normalization"):
@@ -38,27 +37,60 @@ def table(report: LipschitzReport) -> Any:
             "?" if layer.input_shape is None else "x".join(map(str, layer.input_shape)),
             layer.normalization or "-",
         ]
-        for column in report.methods:
-            estimate = layer.estimates.get(column)
-            if estimate is None or estimate.value is None:
-                cells.append(Text("n/a", style="dim"))
-                continue
-            cell = Text(
-                _KIND_SIGN.get(estimate.kind or "", "?"),
-                style=_KIND_STYLE.get(estimate.kind or "", ""),
-            )
-            cell += Text(f"{estimate.value:.4g}", style="bold")
-            if column == "bound":
-                cell += Text(f" {estimate.method}", style="dim")
-            cells.append(cell)
+        cells += [_value(layer, column) for column in report.methods]
         table.add_row(*cells)
     return table
 
-def rich_lines(report: LipschitzReport) -> Iterator[Any]:
-    """What printing ``report`` on a rich console shows: the table, the legend, the bound, notes."""
+
+def _value(layer: Any, column: str) -> Any:
+    """One estimate as a styled cell: its sign (≥, =, ≤), value, and a bound's method."""
     from rich.text import Text
 
-    yield table(report)
+    estimate = layer.estimates.get(column)
+    if estimate is None or estimate.value is None:
+        return Text("n/a", style="dim")
+    cell = Text(_KIND_SIGN.get(estimate.kind or "", "?"), style=_KIND_STYLE.get(estimate.kind or "", ""))
+    cell += Text(f"{estimate.value:.4g}", style="bold")
+    if column == "bound":
+        cell += Text(f" {estimate.method}", style="dim")
+    return cell
+
+
+def stacked(report: LipschitzReport) -> Iterator[Any]:
+    """The table's rows as lines, for a console too narrow for the table: each layer's name on a
+    line of its own (a table would fold it mid-name), its values indented below."""
+    from rich.text import Text
+
+    yield Text(f"Lipschitz report: {report.source}", style="italic")
+    for layer in report.layers:
+        yield Text(layer.name, style="bold")
+        shape = "?" if layer.input_shape is None else "x".join(map(str, layer.input_shape))
+        yield Text(f"    {layer.type}, input {shape}, {layer.normalization or 'no normalization'}")
+        values = Text("    ")
+        for i, column in enumerate(report.methods):
+            values += Text(f"{', ' if i else ''}{TABLE_TITLES[column]} ")
+            values += _value(layer, column)
+        yield values
+
+
+def _fits(renderable: Any, console: Any, options: Any) -> bool:
+    """Whether ``renderable`` fits the console's width with no word folded: its cells may wrap
+    between words (its minimum width is that of its longest words), never inside a name."""
+    from rich.measure import Measurement
+
+    least = Measurement.get(console, options.update_width(1 << 20), renderable).minimum
+    return bool(least <= options.max_width)
+
+def rich_lines(report: LipschitzReport, console: Any = None, options: Any = None) -> Iterator[Any]:
+    """What printing ``report`` on a rich console shows: the table (or, where it does not fit the
+    width, :func:`stacked` lines), the legend, the bound, notes."""
+    from rich.text import Text
+
+    grid = table(report)
+    if console is None or _fits(grid, console, options):
+        yield grid
+    else:
+        yield from stacked(report)
     yield Text(
         "≥x: a lower estimate (sigma is at least x); =x: exact; ≤x: a certified upper bound. "
         "reshape σ: the reshaped kernel's (Miyato 2018, what torch's spectral_norm divides "

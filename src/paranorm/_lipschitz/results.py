@@ -125,7 +125,7 @@ class LipschitzReport:
     def __rich_console__(self, console: Any, options: Any) -> Iterator[Any]:
         from .render import rich_lines
 
-        yield from rich_lines(self)
+        yield from rich_lines(self, console, options)
 
     def render(self, width: int = 140) -> str:
         """The report as plain text (what ``print(report)`` shows)."""

@@ -370,21 +370,34 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(summary: Mapping[str, Any]) -> None:
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
     console = Console()
     changed = sum(row["converted"] for row in summary["changed"])
     kept = len(summary["unconverted"])
-    table = Table(title=f"paranorm convert --to {summary['to']}: {changed} of {summary['tensors']} "
-                        f"tensors change layout" + (f", {kept} kept as they were" if kept else ""))
+    title = (f"paranorm convert --to {summary['to']}: {changed} of {summary['tensors']} tensors "
+             "change layout" + (f", {kept} kept as they were" if kept else ""))
+    table = Table(title=title)
     for column in ("tensor", "kind", "from", "to", "dim"):
         table.add_column(column, no_wrap=True)
-    table.add_column("keys after", overflow="fold")
+    table.add_column("keys after", no_wrap=True)
+    rows = []
     for row in summary["changed"]:
         dim = "" if row["kind"] is None or not row["converted"] else str(row["dim"])
-        table.add_row(row["tensor"], str(row["kind"]), str(row["from"]), str(row["to"]), dim, "\n".join(row["keys_after"]) if row["converted"] else "(unchanged)")
-    if summary["changed"]:
+        after = row["keys_after"] if row["converted"] else ["(unchanged)"]
+        rows.append((row["tensor"], str(row["kind"]), str(row["from"]), str(row["to"]), dim, after))
+        table.add_row(*rows[-1][:5], "\n".join(after))
+    # The table, if its cells can wrap between words to fit; never folded inside a key.
+    least = Measurement.get(console, console.options.update_width(1 << 20), table).minimum
+    if summary["changed"] and least <= console.width:
         console.print(table)
+    elif summary["changed"]:  # too narrow for the table: a table would cut names mid-key
+        console.print(title, markup=False, highlight=False)
+        for tensor, kind, source, to, dim, after in rows:
+            console.print(f"{tensor}: {kind}, {source} -> {to}" + (f", dim {dim}" if dim else ""),
+                          markup=False, highlight=False)
+            console.print(f"    keys after: {', '.join(after)}", markup=False, highlight=False)
     else:
         console.print(f"every normalized tensor is already in layout {summary['to']!r}", markup=False)
     for note in summary["notes"]:
