@@ -193,7 +193,7 @@ def _kernel_gram(
         power = 2.0 ** -(step + 1)
         # The product's support, 2 S - 1, on a grid of fast DFT sizes at least that large.
         grid = [_fft_size(2 * n - 1) for n in support]
-        if list(kernel.shape[3:]) != grid:  # (the products below leave it padded already)
+        if list(kernel.shape[3:]) != grid:
             padding = [p for n, m in zip(reversed(support), reversed(grid), strict=True) for p in (0, m - n)]
             kernel = torch.nn.functional.pad(kernel, padding)
         k_hat = torch.fft.rfftn(kernel, dim=dims)  # (g, c, c', *freq)
@@ -215,18 +215,17 @@ def _kernel_gram(
             lower = _top_eigenvalue(mats, frobenius) ** (2 * power) * torch.exp(power * log_scale)
             done = bool(best.amax() <= lower.amax() * (1 + tolerance))
         if done:
-            # In the units of q: what the tap bounds must beat to matter.
-            beat = torch.exp(torch.log(best) / power - log_scale)
+            # In the units of q: what the tap bounds must beat to matter. (Only where steps may
+            # stop early: a parametrization's forward keeps no data-dependent branch.)
+            beat = torch.exp(torch.log(best) / power - log_scale) if tolerance is not None else None
             taps = _tap_bounds(_crop(kernel, support), hermitian=step > 0, beat=beat)
             return torch.minimum(best, taps**power * torch.exp(power * log_scale)).amax(), step
         product = (mats @ mats.mH).movedim((-2, -1), (1, 2))  # (g, c, c, *freq)
         product = torch.fft.irfftn(product, s=grid, dim=dims)
-        # The product's kernel has offsets -(S-1)..(S-1), stored circularly on the grid: copy
-        # them, in order (a global shift, which the symbol's norms do not see), into the zeros
-        # of the next step's grid, so that its DFT sees one kernel.
+        # The product's kernel has offsets -(S-1)..(S-1), stored circularly on the grid; in
+        # order, it is the next step's kernel (padded onto that step's grid above).
+        kernel = _in_order(product, [n - 1 for n in support], dims)
         support = [2 * n - 1 for n in support]
-        kernel = product.new_zeros(*product.shape[:3], *(_fft_size(2 * n - 1) for n in support))
-        _unwrap_into(kernel, product, [(n + 1) // 2 for n in support])
         step += 1
 
 
@@ -237,16 +236,13 @@ def _crop(kernel: torch.Tensor, support: list[int]) -> torch.Tensor:
     return kernel
 
 
-def _unwrap_into(out: torch.Tensor, circular: torch.Tensor, half: list[int]) -> None:
-    """Copy the kernel ``circular`` (offsets -(h-1)..(h-1) stored circularly, ``half`` = h per
-    tap axis) into the start of ``out``'s tap axes, offsets in increasing order."""
-    if not half:
-        out.copy_(circular)
-        return
-    axis = circular.ndim - len(half)
-    h, m = half[0], circular.shape[axis]
-    _unwrap_into(out.narrow(axis, 0, h - 1), circular.narrow(axis, m - h + 1, h - 1), half[1:])
-    _unwrap_into(out.narrow(axis, h - 1, h), circular.narrow(axis, 0, h), half[1:])
+def _in_order(circular: torch.Tensor, degrees: list[int], axes: tuple[int, ...]) -> torch.Tensor:
+    """A kernel stored circularly on its grid, offsets -D..D on each of ``axes`` (``degrees``
+    D), as offsets 0..2D in order: a global shift, which the symbol's norms do not see."""
+    rolled = torch.roll(circular, degrees, axes)
+    for axis, d in zip(axes, degrees, strict=True):
+        rolled = rolled.narrow(axis, 0, 2 * d + 1)
+    return rolled
 
 
 @torch.no_grad()
@@ -334,11 +330,7 @@ def symbol_sup(samples: torch.Tensor, grid: list[int], degrees: list[int], step:
     rho = min(rho, most)
     fine = [_fft_size(max(2 * D + 1, math.ceil(rho * D))) for D in degrees]
     x = math.pi * sum(D / m for D, m in zip(degrees, fine, strict=True))
-    # Offsets -D..D, stored circularly, rolled to 0..2D and kept: a phase, which |q| ignores.
-    rolled = torch.roll(coefficients, degrees, axes)
-    for axis, D in zip(axes, degrees, strict=True):
-        rolled = rolled.narrow(axis, 0, 2 * D + 1)
-    values = torch.fft.rfftn(rolled, s=fine, dim=axes).abs()
+    values = torch.fft.rfftn(_in_order(coefficients, degrees, axes), s=fine, dim=axes).abs()
     return values.flatten(1).amax(dim=1) / (1 - x * x / 2)
 
 
