@@ -64,15 +64,12 @@ def _effective_weights(state_dict: Mapping[str, torch.Tensor]) -> tuple[list[_We
         except CheckpointError as error:
             out.append(_Weight(group.base, None, layout, None, f"effective weight unknown: {error.detail}"))
             continue
+        # effective.notes says only how the dim was read: said once for all such tensors
+        # (below), and the table marks each "from u, v".
         if effective.dim is not None and effective.dim.source == "u and v":
-            # Said once for all such tensors (below); the table marks each "from u, v".
             read_from_uv.append(group.base)
-            derived = f"{group.base!r}: spectral norm dim"
-            notes.extend(n for n in effective.notes if not n.startswith(derived))
             dim = effective.dim.dim
             layout = f"{group.kind} ({group.layout}, dim={dim} from u, v)"
-        else:
-            notes.extend(effective.notes)
         out.append(_Weight(group.base, effective.value, layout, dim if group.kind == "spectral_norm" else None))
     if read_from_uv:
         notes.append(
