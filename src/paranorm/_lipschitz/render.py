@@ -12,7 +12,7 @@ from .._plotting import figure_format, save_figure
 from .columns import COLUMN_TITLES, TABLE_TITLES
 from .results import LipschitzReport, names_list
 
-__all__ = ["plain_text", "rich_lines", "save_plot", "table"]
+__all__ = ["fits", "plain_text", "rich_lines", "save_plot", "table"]
 
 _KIND_STYLE = {"lower": "yellow", "exact": "cyan", "upper": "green"}
 _KIND_SIGN = {"lower": "≥", "exact": "=", "upper": "≤"}
@@ -73,7 +73,7 @@ def stacked(report: LipschitzReport) -> Iterator[Any]:
         yield values
 
 
-def _fits(renderable: Any, console: Any, options: Any) -> bool:
+def fits(renderable: Any, console: Any, options: Any) -> bool:
     """Whether ``renderable`` fits the console's width with no word folded: its cells may wrap
     between words (its minimum width is that of its longest words), never inside a name."""
     from rich.measure import Measurement
@@ -87,7 +87,7 @@ def rich_lines(report: LipschitzReport, console: Any = None, options: Any = None
     from rich.text import Text
 
     grid = table(report)
-    if console is None or _fits(grid, console, options):
+    if console is None or fits(grid, console, options):
         yield grid
     else:
         yield from stacked(report)

@@ -32,7 +32,7 @@ from .._sigma.matrix import weight_to_matrix
 from .._sigma.scale import accumulation_dtype, plain_norm_range, pow2_floor, pow2_scale
 from .._torch_compat import weight_norm_kernel
 from .._validate import weight_norm_ratio_problem
-from .detect import Group, candidate_dims, groups, wn_dims
+from .detect import Entry, Group, candidate_dims, groups, wn_dims
 from .layouts import LAYOUTS, Layout, legacy_keys, parametrization_keys, solve_version0_v
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ResolvedDim",
     "convert",
     "effective_weight",
+    "kept_as_is",
     "resolve_sn_dim",
 ]
 
@@ -609,6 +610,12 @@ def _converted(
     return _emit("spectral_norm", group.base, roles, to), notes
 
 
+def kept_as_is(tensor: Group | Entry, to: str) -> bool:
+    """Whether ``tensor`` carries a parametrization that layout ``to`` cannot hold (another
+    one, or a chain), so that :func:`convert` can only keep it as it is (``keep_unconverted``)."""
+    return tensor.unknown and to != "parametrizations"
+
+
 def _unconverted_message(unconverted: list[Group], to: str) -> str:
     """Why the tensors ``unconverted`` cannot be written in layout ``to``, and what to do."""
     shown = "; ".join(f"{g.base!r} ({g.describe()})" for g in unconverted[:5])
@@ -678,7 +685,7 @@ def convert(
     normalize = dict(normalize or {})
     all_groups = groups(state_dict)
     _check_requests(all_groups, to, dims, normalize)
-    unconverted = [g for g in all_groups if g.unknown and to != "parametrizations"]
+    unconverted = [g for g in all_groups if kept_as_is(g, to)]
     if unconverted and not keep_unconverted:
         raise CheckpointError(_unconverted_message(unconverted, to))
     metadata = getattr(state_dict, "_metadata", None)

@@ -24,7 +24,9 @@ import torch
 
 from .._errors import CheckpointError
 from .._files import TEMPORARY_PATTERN, check_target
+from .._lipschitz.render import fits
 from ..checkpoint import LAYOUTS, CheckpointWarning, Entry, convert, detect
+from ..checkpoint.convert import kept_as_is
 from ..checkpoint.io import checkpoint_format, read_checkpoint, write_checkpoint
 
 __all__ = ["add_parser", "run"]
@@ -271,7 +273,7 @@ def _converted(
         after = {e.name: e for e in detect(converted)}
     before = {e.name: e for e in entries}
     notes = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
-    kept = {e.name for e in entries if e.unknown and args.to != "parametrizations"}
+    kept = {e.name for e in entries if kept_as_is(e, args.to)}
     rows = [
         _row(before.get(n), after.get(n), dims.get(n), n in kept)
         for n in after
@@ -370,7 +372,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(summary: Mapping[str, Any]) -> None:
     from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
     console = Console()
@@ -389,8 +390,7 @@ def _print_table(summary: Mapping[str, Any]) -> None:
         rows.append((row["tensor"], str(row["kind"]), str(row["from"]), str(row["to"]), dim, after))
         table.add_row(*rows[-1][:5], "\n".join(after))
     # The table, if its cells can wrap between words to fit; never folded inside a key.
-    least = Measurement.get(console, console.options.update_width(1 << 20), table).minimum
-    if summary["changed"] and least <= console.width:
+    if summary["changed"] and fits(table, console, console.options):
         console.print(table)
     elif summary["changed"]:  # too narrow for the table: a table would cut names mid-key
         console.print(title, markup=False, highlight=False)
