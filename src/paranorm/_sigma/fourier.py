@@ -26,6 +26,7 @@ from .scale import scaled
 __all__ = [
     "circular_matrices",
     "fft_estimate",
+    "fft_size",
     "fft_sizes",
     "fourier_start",
     "frequency_matrices",
@@ -194,3 +195,19 @@ def fft_estimate(layer: Layer, shape: tuple[int, ...] | None, precise: bool = Tr
     value = torch.linalg.matrix_norm(mats, ord=2).amax() * math.sqrt(copies) * scale
     kind: Guarantee = "exact" if exact else "upper"
     return SigmaResult(certified(value, dtype) if precise else value, kind, "fft", None)
+
+
+def fft_size(n: int) -> int:
+    """The smallest 5-smooth number (2^a 3^b 5^c) at least ``n``: a fast DFT length."""
+    best = 1 << max(n - 1, 0).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best

@@ -15,11 +15,12 @@ import torch
 from .._errors import ParanormError
 from .certify import certified
 from .cost import MAX_BYTES
-from .fourier import circular_matrices, is_circular
+from .fourier import circular_matrices, fft_size, is_circular
 from .geometry import pad_copies
 from .layer import Layer
 from .precision import float32_or_wider
 from .result import SigmaResult
+from .sampled import bernstein_factor, sampled_bound, sampling_is_cheaper
 from .scale import scaled
 
 __all__ = [
@@ -53,7 +54,7 @@ GRAM_MAX_ITERATIONS = 40
 #: pn.sigma's kernel-domain bound stops adding steps once it is within this (relative) of a
 #: lower estimate, sigma at the frequencies it sampled (its ``tolerance`` argument).
 GRAM_TOLERANCE = 1e-2
-#: The tolerance of ``paranorm inspect --fast``: about one Gram step fewer on most layers.
+#: The tolerance of ``paranorm inspect --fast``.
 GRAM_FAST_TOLERANCE = 5e-2
 
 
@@ -192,7 +193,7 @@ def _kernel_gram(
         log_scale = 2 * (log_scale + torch.log(r))  # L_(s+1)
         power = 2.0 ** -(step + 1)
         # The product's support, 2 S - 1, on a grid of fast DFT sizes at least that large.
-        grid = [_fft_size(2 * n - 1) for n in support]
+        grid = [fft_size(2 * n - 1) for n in support]
         if list(kernel.shape[3:]) != grid:
             padding = [p for n, m in zip(reversed(support), reversed(grid), strict=True) for p in (0, m - n)]
             kernel = torch.nn.functional.pad(kernel, padding)
@@ -263,22 +264,6 @@ def _top_eigenvalue(mats: torch.Tensor, frobenius: torch.Tensor, most: int = 4, 
     return (v.mH @ (mats @ v)).abs().flatten(1).amax(dim=1)
 
 
-def _fft_size(n: int) -> int:
-    """The smallest 5-smooth number (2^a 3^b 5^c) at least ``n``: a fast DFT length."""
-    best = 1 << max(n - 1, 0).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            m = p35
-            while m < n:
-                m *= 2
-            best = min(best, m)
-            p35 *= 3
-        p5 *= 5
-    return best
-
-
 def _tap_bounds(kernel: torch.Tensor, hermitian: bool, beat: torch.Tensor | None = None) -> torch.Tensor:
     """Bounds on sup_w ||sum_x K[x] e^(-i w.x)||^2 per group from the taps of ``kernel``
     (g, c, c', *taps): the triangle inequality over the taps, and Gershgorin's row sums where
@@ -328,10 +313,9 @@ def symbol_sup(samples: torch.Tensor, grid: list[int], degrees: list[int], step:
     if most < 4 * len(nonzero):
         return torch.full(samples.shape[:1], math.inf, dtype=samples.dtype, device=samples.device)
     rho = min(rho, most)
-    fine = [_fft_size(max(2 * D + 1, math.ceil(rho * D))) for D in degrees]
-    x = math.pi * sum(D / m for D, m in zip(degrees, fine, strict=True))
+    fine = [fft_size(max(2 * D + 1, math.ceil(rho * D))) for D in degrees]
     values = torch.fft.rfftn(_in_order(coefficients, degrees, axes), s=fine, dim=axes).abs()
-    return values.flatten(1).amax(dim=1) / (1 - x * x / 2)
+    return values.flatten(1).amax(dim=1) * bernstein_factor(degrees, fine)
 
 
 def kernel_gram_iterations(
@@ -364,10 +348,12 @@ def gram_estimate(
     budget: float | None = None,
     tolerance: float | None = None,
 ) -> SigmaResult:
-    """The "gram" method: a certified upper bound (Gram iteration; the kernel-domain bound for
-    a conv that is not circular at ``shape``). ``precise``: float64, rounded up; ``budget``
-    bounds the kernel-domain product (it picks the default number of steps); ``tolerance``:
-    the kernel-domain steps stop within it of a lower estimate (default GRAM_TOLERANCE)."""
+    """The "gram" method: a certified upper bound (Gram iteration; for a conv that is not
+    circular at ``shape``, the kernel-domain bound, or the sampled one where it costs less).
+    ``precise``: float64, rounded up; ``budget`` bounds the kernel-domain product (it picks the
+    default number of steps); ``tolerance``: the bound is within it of a lower estimate
+    (default GRAM_TOLERANCE): the kernel-domain steps stop there, or the sampled bound's grid
+    is that fine (:mod:`.sampled`)."""
     # precise: computed in float64 and rounded up, since many squarings in float32 would blur
     # the last digits of a number that is meant to be a guarantee. The parametrizations pass
     # False (the weight's own precision, float32 at least) and a smaller budget.
@@ -391,7 +377,11 @@ def gram_estimate(
             tolerance = None
         elif tolerance is None:
             tolerance = GRAM_TOLERANCE
-        value, n = _kernel_gram(weight, geo.groups, n, tolerance)
+        if tolerance is not None and sampling_is_cheaper(tuple(weight.shape), geo.groups, tolerance, MAX_BYTES):
+            # The exact sigma on a grid fine enough for the tolerance: no Gram steps.
+            value, n = sampled_bound(weight, geo.groups, tolerance)[0], 0
+        else:
+            value, n = _kernel_gram(weight, geo.groups, n, tolerance)
         value = value * math.sqrt(copies)
     if precise:
         return SigmaResult(certified(value * scale, dtype), "upper", "gram", n)

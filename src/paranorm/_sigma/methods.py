@@ -17,8 +17,12 @@ Methods:
   aliased frequencies fold into one matrix each); for every other layer an upper bound (see
   below). Needs ``input_shape``.
 - ``"gram"``: Gram iteration (Delattre et al. 2023): upper bound, for matrices and circular convs
-  at ``input_shape``; for other convs the kernel-domain bound of Delattre et al. 2024, which holds
-  for every input size (so it needs no ``input_shape`` and sits above the value at any one size).
+  at ``input_shape``; for other convs a bound on the sup over all frequencies of the kernel's
+  DFT (Delattre et al. 2024), which holds for every input size (so it needs no ``input_shape``
+  and sits above the value at any one size): their kernel-domain Gram iteration, or, where it
+  costs less (most one-dimensional kernels) and a tolerance applies, the exact sigma on a grid
+  of frequencies fine enough that Bernstein's inequality bounds what lies between
+  (:mod:`paranorm._sigma.sampled`); ``iterations`` then reads 0 (no Gram steps).
 - ``"svd"``: the dense oracle: the operator's matrix, built by applying the layer to the identity
   basis in float64, and ``torch.linalg.matrix_norm(ord=2)``. Exact; small layers only.
 
@@ -202,9 +206,10 @@ def sigma(
             :mod:`paranorm._sigma.cost` (1 GiB, 1e12 multiply-adds; "svd" also a dense matrix
             of at most 2048 rows or columns and 2^24 entries). Off: such a request is refused
             before it starts, with the estimate.
-        tolerance: "gram" on a convolution that is not circular at ``input_shape``: stop
-            adding Gram steps once the bound is within this (relative) of a lower estimate
-            (default GRAM_TOLERANCE, 1%). A larger one is faster and looser, still certified.
+        tolerance: "gram" on a convolution that is not circular at ``input_shape``: the
+            bound is within this (relative) of a lower estimate (default GRAM_TOLERANCE, 1%):
+            Gram steps stop there, or the frequency grid is that fine. A larger one is faster
+            and looser, still certified.
         **layer_args: with a raw weight: stride, padding, dilation, groups, padding_mode,
             transposed, output_padding (torch's meanings); and ``dim`` for "reshape".
 

@@ -118,8 +118,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--fast",
         action="store_true",
         help=(
-            "stop each conv's Gram bound within 5%% of a lower estimate instead of 1%%: "
-            "about one Gram step fewer, often twice as fast; still a certified upper bound"
+            "compute each conv's bound within 5%% of a lower estimate instead of 1%%: "
+            "often twice as fast; still a certified upper bound"
         ),
     )
     parser.add_argument(
