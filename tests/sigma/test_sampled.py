@@ -50,16 +50,29 @@ def test_points_that_the_ranking_misses_are_computed_exactly():
     mats = torch.zeros(12, 3, 3, dtype=torch.complex128)
     mats[:, 0, 0] = 1.0
     mats[7] = torch.diag(torch.tensor([0.0, 2.0, 0.5], dtype=torch.complex128))
-    bound, lower = sampled.largest_singular_value(mats)
-    assert lower.item() == pytest.approx(4.0) and bound.item() == pytest.approx(4.0)
+    bound, lower, at = sampled.largest_singular_value(mats)
+    assert lower.item() == pytest.approx(4.0) and bound.item() == pytest.approx(4.0) and at == 7
 
 
 def test_every_matrix_is_below_the_bound():
     torch.manual_seed(1)
     mats = torch.randn(40, 6, 9, dtype=torch.complex128)
-    bound, lower = (t.item() for t in sampled.largest_singular_value(mats))
-    top = torch.linalg.matrix_norm(mats, ord=2).square().max().item()
-    assert lower <= top * (1 + 1e-12) and top <= bound <= lower * (1 + sampled.TEST_MARGIN) * (1 + 1e-12)
+    bound, lower, at = sampled.largest_singular_value(mats)
+    sigmas = torch.linalg.matrix_norm(mats, ord=2).square()
+    assert lower.item() == pytest.approx(sigmas[at].item(), rel=1e-12)
+    top = sigmas.max().item()
+    assert lower.item() <= top * (1 + 1e-12) <= bound.item() * (1 + 2e-12)
+    assert bound.item() <= lower.item() * (1 + sampled.TEST_MARGIN) * (1 + 1e-12)
+
+
+def test_the_bound_is_differentiable():
+    torch.manual_seed(3)
+    w = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda weight: sampled.sampled_bound(weight, 1, 0.05)[0], (w,))
+    wide = nn.Conv1d(128, 128, 5)
+    result = pn.sigma(wide, "gram")
+    result.value.backward()
+    assert result.iterations == 0 and wide.weight.grad is not None and wide.weight.grad.abs().sum() > 0
 
 
 def test_a_zero_kernel_has_a_zero_bound():

@@ -105,9 +105,14 @@ def sampled_bound(weight: torch.Tensor, groups: int, tolerance: float) -> tuple[
         kernel = kernel.transpose(1, 2)  # K K^H on the smaller channel side
     grid = sampling_grid(kernel_size, tolerance)
     symbol = torch.fft.rfftn(kernel, s=grid, dim=dims).movedim((1, 2), (-2, -1)).contiguous()  # (g, *freq, c, c')
-    bound, lower = largest_singular_value(symbol.flatten(0, -3))
+    mats = symbol.flatten(0, -3)
+    bound, lower, at = largest_singular_value(mats.detach())
+    # The bound is a fixed multiple of sigma^2 at the point that attains ``lower``: taken
+    # there again with the weight's graph, it is differentiable like every other method.
+    top = torch.linalg.eigvalsh(mats[at] @ mats[at].mH).amax().clamp_min(0)
+    ratio = bound / lower if bool(lower > 0) else torch.ones_like(bound)
     factor = bernstein_factor([k - 1 for k in kernel_size], grid)
-    return torch.sqrt(bound * factor), torch.sqrt(lower)
+    return torch.sqrt(top * (ratio * factor)), torch.sqrt(top.detach())
 
 
 #: :func:`largest_singular_value` computes the singular values of EXACT_MATRICES matrices,
@@ -119,10 +124,10 @@ TEST_MARGIN = 1e-3
 
 
 @torch.no_grad()
-def largest_singular_value(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def largest_singular_value(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
     """An upper bound on the largest sigma^2 among the complex matrices ``mats`` (B, c, c'),
-    c <= c', float64, and a lower estimate (one of them), at most TEST_MARGIN apart unless the
-    bound is exact.
+    c <= c', float64, a lower estimate (sigma^2 of one of them), at most TEST_MARGIN apart
+    unless the bound is exact, and the index of that matrix.
 
     lower: the largest eigenvalue of M M^H for the EXACT_MATRICES matrices M that a few power
     steps rank first. Every matrix is then tested with mu = lower (1 + TEST_MARGIN): a Cholesky
@@ -140,17 +145,23 @@ def largest_singular_value(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         v = mats @ (v.mH @ mats).mH  # M (M^H v), with M read as stored (no conjugate copy)
     rayleigh = torch.linalg.vector_norm(v, dim=(-2, -1))  # ||M M^H v|| for a unit v: a ranking
     exact = rayleigh.topk(min(EXACT_MATRICES, len(rayleigh))).indices
-    lower = _top_eigenvalue(mats[exact])
+    lower, at = _top_eigenvalue(mats, exact)
     mu = lower * (1 + TEST_MARGIN)
     eye = torch.eye(c, dtype=mats.dtype, device=mats.device)
     tested = torch.baddbmm(eye * (mu * (1 - 4 * (c + 1) ** 2 * eps)), mats, mats.mH, alpha=-1)
     failed = torch.linalg.cholesky_ex(tested, upper=True).info != 0
     if not bool(failed.any()):
-        return mu, lower
-    other = _top_eigenvalue(mats[failed])
-    return torch.maximum(mu, other), torch.maximum(lower, other)
+        return mu, lower, at
+    other, other_at = _top_eigenvalue(mats, failed.nonzero().flatten())
+    if bool(other > lower):
+        return torch.maximum(mu, other), other, other_at
+    return mu, lower, at
 
 
-def _top_eigenvalue(mats: torch.Tensor) -> torch.Tensor:
-    """The largest eigenvalue of M M^H over the matrices ``mats`` (B, c, c')."""
-    return torch.linalg.eigvalsh(mats @ mats.mH).amax().clamp_min(0)
+def _top_eigenvalue(mats: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The largest eigenvalue of M M^H over the matrices ``mats[which]`` (B, c, c'), and the
+    index in ``mats`` of the matrix that has it."""
+    chosen = mats[which]
+    top = torch.linalg.eigvalsh(chosen @ chosen.mH).amax(dim=-1)
+    best = int(top.argmax())
+    return top[best].clamp_min(0), int(which[best])
