@@ -10,7 +10,7 @@ from torch import nn
 
 import paranorm as pn
 from paranorm._sigma import gram, sampled
-from paranorm._sigma.cost import MAX_BYTES
+from paranorm._sigma.cost import MAX_BYTES, MAX_WORK
 from sigma._oracles import symbol_sup_oracle
 
 
@@ -107,7 +107,9 @@ def test_sigma_samples_where_it_costs_less():
     ],
 )
 def test_the_cheaper_method_is_chosen(shape, tolerance, cheaper):
-    assert sampled.sampling_is_cheaper(shape, 1, tolerance, MAX_BYTES) is cheaper
+    assert sampled.sampling_is_cheaper(shape, 1, tolerance, MAX_BYTES, MAX_WORK) is cheaper
+    if cheaper:  # 121 points of 256 x 256 products and tests: about 4e9 multiply-adds
+        assert not sampled.sampling_is_cheaper(shape, 1, tolerance, MAX_BYTES, 1e8)
 
 
 def test_the_grid_meets_the_tolerance_on_every_axis():

@@ -14,7 +14,7 @@ import torch
 
 from .._errors import ParanormError
 from .certify import certified
-from .cost import MAX_BYTES
+from .cost import MAX_BYTES, MAX_WORK
 from .fourier import circular_matrices, fft_size, is_circular
 from .geometry import pad_copies
 from .layer import Layer
@@ -377,7 +377,9 @@ def gram_estimate(
             tolerance = None
         elif tolerance is None:
             tolerance = GRAM_TOLERANCE
-        if tolerance is not None and sampling_is_cheaper(tuple(weight.shape), geo.groups, tolerance, MAX_BYTES):
+        if tolerance is not None and sampling_is_cheaper(
+            tuple(weight.shape), geo.groups, tolerance, MAX_BYTES, MAX_WORK
+        ):
             # The exact sigma on a grid fine enough for the tolerance: no Gram steps.
             value, n = sampled_bound(weight, geo.groups, tolerance)[0], 0
         else:

@@ -76,11 +76,13 @@ def _points(grid: list[int]) -> int:
     return math.prod(grid[:-1]) * (grid[-1] // 2 + 1)
 
 
-def sampling_is_cheaper(weight_shape: tuple[int, ...], groups: int, tolerance: float, max_bytes: float) -> bool:
+def sampling_is_cheaper(
+    weight_shape: tuple[int, ...], groups: int, tolerance: float, max_bytes: float, max_work: float
+) -> bool:
     """Whether :func:`sampled_bound` costs less than the kernel-domain Gram iteration would for
-    a kernel of ``weight_shape``, and fits in ``max_bytes``: in c^3 products, a product, a
-    test and their calls per point against the products of the fewest Gram steps (grids of
-    2^(s+1) (k - 1) + 1 points) and their overhead."""
+    a kernel of ``weight_shape``, and fits in ``max_bytes`` and ``max_work`` multiply-adds: in
+    c^3 products, a product, a test and their calls per point against the products of the
+    fewest Gram steps (grids of 2^(s+1) (k - 1) + 1 points) and their overhead."""
     if tolerance * GRID_SHARE <= TEST_MARGIN:
         return False
     o, i, *kernel = weight_shape
@@ -88,6 +90,8 @@ def sampling_is_cheaper(weight_shape: tuple[int, ...], groups: int, tolerance: f
     points = _points(sampling_grid(kernel, tolerance))
     # The DFT and its copy laid out per point, then the symbol and a test and its factor.
     if 16.0 * groups * points * max(2 * c * c_wide, c * c_wide + 2 * c * c) > max_bytes:
+        return False
+    if groups * points * float(c) ** 2 * (c_wide + c) > max_work:
         return False
     sampled = points * (c_wide / c + TEST_COST + POINT_OVERHEAD / c**3)
     gram = sum(_points([2 ** (s + 1) * (k - 1) + 1 for k in kernel]) for s in range(GRAM_FEWEST_STEPS))
