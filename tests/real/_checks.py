@@ -155,3 +155,19 @@ def channel_stats(
         for handle in handles:
             handle.remove()
     return stats
+
+
+def check_standardized(
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor]], initialized: list[str], common: list[str]
+) -> None:
+    """Data-dependent init's promise on a batch: each ``initialized`` layer's output channels
+    have mean 0 and std 1; each of ``common`` (one scale for the layer, e.g. a ConvTranspose
+    weight-normed with dim=0) is centred per channel, with an RMS of the stds of 1."""
+    for path in initialized:
+        mean, std = stats[path]
+        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4, rtol=0, msg=path)
+        torch.testing.assert_close(std, torch.ones_like(std), atol=1e-4, rtol=0, msg=path)
+    for path in common:
+        mean, std = stats[path]
+        torch.testing.assert_close(mean, torch.zeros_like(mean), atol=1e-4, rtol=0, msg=path)
+        assert abs(std.square().mean().sqrt().item() - 1) < 1e-4, path
