@@ -109,9 +109,9 @@ def state_dict_report(
     computed. A conv weight's operator sigma needs the stride, padding, dilation, groups and
     input size, which a state_dict does not store, so "power"/"fft"/"svd" are not computed;
     "gram" (and so "bound") is computed as the zero-padding bound (over every frequency of the
-    kernel's DFT) of the weight as a dense stride-1 conv: that bound holds for any input size, and a stride, dilation, groups,
-    zero or circular padding, or reading it as the ConvTranspose that holds it, can only lower
-    the true sigma below it. It does not cover reflect or replicate padding. No network bound:
+    kernel's DFT) of the weight as a dense stride-1 conv: that bound holds for any input size,
+    and a stride, dilation, groups, zero or circular padding, or reading it as the
+    ConvTranspose that holds it, can only lower the true sigma below it. It does not cover reflect or replicate padding. No network bound:
     a state_dict does not say how its layers connect.
 
     A tensor that cannot be measured is a layer whose estimates are n/a with the reason, not

@@ -110,13 +110,15 @@ def sampled_bound(weight: torch.Tensor, groups: int, tolerance: float) -> tuple[
     grid = sampling_grid(kernel_size, tolerance)
     symbol = torch.fft.rfftn(kernel, s=grid, dim=dims).movedim((1, 2), (-2, -1)).contiguous()  # (g, *freq, c, c')
     mats = symbol.flatten(0, -3)
-    bound, lower, at = largest_singular_value(mats.detach())
+    bound, lower, at = largest_singular_value(mats)
+    factor = bernstein_factor([k - 1 for k in kernel_size], grid)
+    if not mats.requires_grad:
+        return torch.sqrt(bound * factor), torch.sqrt(lower)
     # The bound is a fixed multiple of sigma^2 at the point that attains ``lower``: taken
     # there again with the weight's graph, it is differentiable like every other method.
-    top = torch.linalg.eigvalsh(mats[at] @ mats[at].mH).amax().clamp_min(0)
+    top = _exact_top(mats, torch.tensor([at], device=mats.device))[0]
     ratio = bound / lower if bool(lower > 0) else torch.ones_like(bound)
-    factor = bernstein_factor([k - 1 for k in kernel_size], grid)
-    return torch.sqrt(top * (ratio * factor)), torch.sqrt(top.detach())
+    return torch.sqrt(top * (ratio * factor)), torch.sqrt(lower)
 
 
 #: :func:`largest_singular_value` computes the singular values of EXACT_MATRICES matrices,
@@ -149,20 +151,20 @@ def largest_singular_value(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         v = mats @ (v.mH @ mats).mH  # M (M^H v), with M read as stored (no conjugate copy)
     rayleigh = torch.linalg.vector_norm(v, dim=(-2, -1))  # ||M M^H v|| for a unit v: a ranking
     exact = rayleigh.topk(min(EXACT_MATRICES, len(rayleigh))).indices
-    lower, at = _top_eigenvalue(mats, exact)
+    lower, at = _exact_top(mats, exact)
     mu = lower * (1 + TEST_MARGIN)
     eye = torch.eye(c, dtype=mats.dtype, device=mats.device)
     tested = torch.baddbmm(eye * (mu * (1 - 4 * (c + 1) ** 2 * eps)), mats, mats.mH, alpha=-1)
     failed = torch.linalg.cholesky_ex(tested, upper=True).info != 0
     if not bool(failed.any()):
         return mu, lower, at
-    other, other_at = _top_eigenvalue(mats, failed.nonzero().flatten())
+    other, other_at = _exact_top(mats, failed.nonzero().flatten())
     if bool(other > lower):
         return torch.maximum(mu, other), other, other_at
     return mu, lower, at
 
 
-def _top_eigenvalue(mats: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _exact_top(mats: torch.Tensor, which: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The largest eigenvalue of M M^H over the matrices ``mats[which]`` (B, c, c'), and the
     index in ``mats`` of the matrix that has it."""
     chosen = mats[which]
